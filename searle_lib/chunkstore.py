@@ -1,0 +1,134 @@
+"""Resumable, atomic per-chunk result files with a manifest (issue 7: a killed run loses at most one chunk).
+
+A long per-image job (OTI, concept association, feature extraction) splits its image list into fixed chunks.
+Each finished chunk is written to ``chunk_<k>.safetensors`` through a temporary file and ``os.replace``, so a
+chunk file on disk is always complete. ``manifest.json`` records what the results belong to (a config hash and a
+hash of the exact image list); a restarted job reuses finished chunks only when both match, and otherwise stops
+with an error that says how to start over. Chunks can be shared across ``torch.distributed`` ranks
+(chunk k goes to rank k mod world size) and merge to the same files as a single process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+class ResumeMismatchError(RuntimeError):
+    """Existing results in a folder belong to another config or image list."""
+
+
+def list_hash(ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(i.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the current ``torch.distributed`` group, or (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class ChunkStore:
+    """Chunked results for ``ids`` under ``folder``; see the module docstring."""
+
+    folder: Path
+    ids: tuple[str, ...]
+    chunk_size: int
+    config_hash: str
+    kind: str
+
+    @classmethod
+    def open(cls, folder: str | Path, ids: Sequence[str], chunk_size: int, config_hash: str, kind: str,
+             force_restart: bool = False) -> "ChunkStore":
+        folder = Path(folder)
+        store = cls(folder, tuple(ids), int(chunk_size), config_hash, kind)
+        rank, _ = dist_info()
+        manifest = folder / "manifest.json"
+        expected = store.manifest()
+        if rank == 0:
+            if force_restart and folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            if manifest.is_file():
+                found = json.loads(manifest.read_text())
+                diff = [k for k in expected if found.get(k) != expected[k]]
+                if diff:
+                    raise ResumeMismatchError(
+                        f"{folder} holds {found.get('kind')} results of another run (differs in: {', '.join(diff)}). "
+                        "Nothing was changed. Use another output folder, or pass force_restart=True "
+                        "(CLI: --force-restart) to delete them and start over.")
+            else:
+                atomic_write_text(manifest, json.dumps(expected, indent=1))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return store
+
+    def manifest(self) -> dict:
+        return {"kind": self.kind, "config_hash": self.config_hash, "images_hash": list_hash(self.ids),
+                "n_images": len(self.ids), "chunk_size": self.chunk_size}
+
+    @property
+    def n_chunks(self) -> int:
+        return (len(self.ids) + self.chunk_size - 1) // self.chunk_size
+
+    def chunk_path(self, k: int) -> Path:
+        return self.folder / f"chunk_{k:05d}.safetensors"
+
+    def chunk_ids(self, k: int) -> tuple[str, ...]:
+        return self.ids[k * self.chunk_size:(k + 1) * self.chunk_size]
+
+    def done(self, k: int) -> bool:
+        return self.chunk_path(k).is_file()
+
+    def pending(self) -> Iterator[int]:
+        """Chunks this rank still has to compute."""
+        rank, world = dist_info()
+        return (k for k in range(self.n_chunks) if k % world == rank and not self.done(k))
+
+    def write(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        ids = self.chunk_ids(k)
+        for name, t in tensors.items():
+            if t.shape[0] != len(ids):
+                raise ValueError(f"chunk {k}: tensor {name} has {t.shape[0]} rows for {len(ids)} images")
+        save_tensors_atomic(self.chunk_path(k), tensors, {"ids": json.dumps(list(ids))})
+
+    def read(self, k: int) -> dict[str, torch.Tensor]:
+        with safe_open(str(self.chunk_path(k)), "pt") as f:
+            if json.loads(f.metadata()["ids"]) != list(self.chunk_ids(k)):
+                raise ResumeMismatchError(f"{self.chunk_path(k)} holds other images than the manifest says; "
+                                          "delete the folder or use --force-restart")
+            return {name: f.get_tensor(name) for name in f.keys()}
+
+    def merge(self) -> dict[str, torch.Tensor]:
+        """All chunks concatenated in image order (every chunk must be done)."""
+        missing = [k for k in range(self.n_chunks) if not self.done(k)]
+        if missing:
+            raise RuntimeError(f"{self.folder}: chunks {missing[:5]} are not finished; rerun to complete them")
+        parts = [self.read(k) for k in range(self.n_chunks)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}

@@ -1,0 +1,238 @@
+"""The textual inversion network phi and its distillation from OTI (SEARLE section 3.2; official ``phi.py``,
+``train_phi.py``).
+
+phi is an MLP (d_img -> 4 d_img -> 4 d_img -> d_token, GELU, dropout 0.5) applied to the raw CLIP image feature.
+It is trained on precomputed image features with
+
+    L = l_distil * L_distil + l_gpt * L_gpt       (l_distil = 1, l_gpt = 0.75; not divided by the sum)
+
+where L_distil is the symmetric NT-Xent loss (tau 0.25) between phi's outputs and the images' EMA OTI tokens, and
+L_gpt = 1 - cos(E_T*(phrase with every occurrence of its concept -> " $ ", phi(f_I)), E_T(phrase)) with the concept
+drawn from the image's top-150 concepts. AdamW lr 1e-4, wd 0.01, batch 256 (drop_last), 100 epochs.
+
+Deliberate deviation: the official code redraws the whole batch of concepts until none is a filtered-out concept;
+we draw each image's concept among its usable ones directly. Both give each image a uniform draw over its usable
+concepts, independently of the other images (conditioning a product distribution on a product event).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .config import ConfigError, PhiConfig
+from .oti import replace_concept
+from .text_encoding import encode_texts, encode_tokens
+
+
+class Phi(nn.Module):
+    """The official phi MLP; state-dict keys match the released ``SEARLE_ViT-*.pt`` (``layers.{0,3,6}``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, dropout: float = 0.5):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Dropout(p=dropout),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Dropout(p=dropout),
+            nn.Linear(hidden_dim, output_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, cfg: PhiConfig) -> "Phi":
+        d = backbone.feature_dim
+        return cls(d, cfg.hidden_mult * d, backbone.token_dim, cfg.dropout)
+
+
+def nt_xent(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.25) -> torch.Tensor:
+    """Symmetric NT-Xent (PALAVRA / SEARLE): 2B normalised vectors, each anchor's positive is its counterpart,
+    the denominator sums over every other vector (positive, same-side and cross-side negatives)."""
+    z = F.normalize(torch.cat([pred, target]).float(), dim=-1)
+    n = pred.shape[0]
+    sim = z @ z.T / tau
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    pos = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, pos)
+
+
+def save_phi(phi: Phi, path: str | Path, **extra) -> Path:
+    """Official checkpoint layout ``{"Phi": state_dict, ...}`` (plus e.g. ``epoch``), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"Phi": phi.state_dict(), **extra}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_phi(path: str | Path, backbone: Backbone | None = None, dropout: float = 0.5) -> Phi:
+    """Load an official or our phi checkpoint safely (``weights_only``); check it fits ``backbone``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"phi checkpoint {path} not found; train it (`searle train-phi`) or download the "
+                                "released SEARLE_ViT-B32.pt / SEARLE_ViT-L14.pt (GitHub release 'weights')")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("Phi", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "layers.0.weight" not in state:
+        raise ConfigError(f"{path} is not a phi checkpoint (expected {{'Phi': state_dict}} with layers.0/3/6)")
+    d_in, d_hidden, d_out = state["layers.0.weight"].shape[1], state["layers.0.weight"].shape[0], \
+        state["layers.6.weight"].shape[0]
+    if backbone is not None and (d_in, d_out) != (backbone.feature_dim, backbone.token_dim):
+        raise ConfigError(f"{path} maps {d_in} -> {d_out} but backbone {backbone.name} has image features of "
+                          f"{backbone.feature_dim} and token embeddings of {backbone.token_dim}; use the phi "
+                          "trained for this backbone")
+    phi = Phi(d_in, d_hidden, d_out, dropout)
+    phi.load_state_dict(state)
+    return phi.eval()
+
+
+class PhraseFeatureCache:
+    """Plain CLIP features of phrases, computed once each on first use (they never depend on phi)."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.feats: dict[str, torch.Tensor] = {}
+
+    def get(self, phrases: Sequence[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(p for p in phrases if p not in self.feats))
+        if missing:
+            for p, f in zip(missing, encode_texts(self.backbone, missing, batch_size=1024)):
+                self.feats[p] = f
+        return torch.stack([self.feats[p] for p in phrases])
+
+
+@dataclass
+class PhiHistory:
+    epochs: list[dict] = field(default_factory=list)  # one row per epoch: losses, validation metrics
+    selected_epoch: int | None = None  # with phi.select="val": the epoch whose weights were kept
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "python": random.getstate()}
+
+
+def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
+              image_concepts: Sequence[Sequence[str]] | None, phrases: Mapping[str, Sequence[str]] | None,
+              cfg: PhiConfig, *, seed: int = 42, out_dir: str | Path | None = None,
+              validate: Callable[[Phi], dict] | None = None, force_restart: bool = False,
+              progress: bool = True) -> tuple[Phi, PhiHistory]:
+    """Distil phi from OTI tokens.
+
+    Args:
+        features: raw CLIP image features [N, d_img] (precomputed once).
+        targets: EMA OTI tokens [N, d_token] of the same images.
+        image_concepts: per image, its ranked concepts (the first ``cfg.top_k_concepts`` are sampled, raw strings).
+        phrases: usable concept -> phrases; ``None`` or empty disables L_gpt.
+        out_dir: checkpoints (``phi_last.pt`` with optimizer and RNG state every epoch, ``phi_<epoch>.pt``);
+            an existing ``phi_last.pt`` of the same config resumes training.
+        validate: called with phi in eval mode after an epoch; returns metrics (official: CIRR val).
+    """
+    dev = backbone.device
+    torch.manual_seed(seed)
+    phi = Phi.for_backbone(backbone, cfg).to(dev)
+    opt = torch.optim.AdamW(phi.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp = torch.float16 if dev.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is not None)
+    gen = torch.Generator().manual_seed(seed)
+    random.seed(seed)
+    history, start = PhiHistory(), 0
+    if cfg.select not in ("last", "val"):
+        raise ConfigError(f"phi.select={cfg.select!r}: expected 'last' or 'val'")
+    best: tuple[float, int, dict | None] = (float("-inf"), -1, None)
+    n = features.shape[0]
+    if n < cfg.batch_size:
+        raise ConfigError(f"phi.batch_size={cfg.batch_size} is larger than the {n} training images "
+                          "(batches drop the remainder, as the official code); lower phi.batch_size")
+    usable = None
+    if phrases and image_concepts is not None and cfg.lambda_gpt > 0:
+        usable = [[c for c in cs[:cfg.top_k_concepts] if c in phrases] for cs in image_concepts]
+    cache = PhraseFeatureCache(backbone)
+    last_path = Path(out_dir) / "checkpoints" / "phi_last.pt" if out_dir else None
+    if last_path and last_path.is_file() and not force_restart:
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: holds RNG states
+        if ckpt.get("config") != cfg.__dict__ or ckpt.get("seed") != seed or ckpt.get("n_images") != n:
+            raise ConfigError(f"{last_path} was written by a run with another config, seed or image set; use "
+                              "another output folder or --force-restart")
+        phi.load_state_dict(ckpt["Phi"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["gen"])
+        random.setstate(ckpt["rng"]["python"])
+        history.epochs = ckpt["history"]
+        start = ckpt["epoch"] + 1
+    features, targets = features.float(), targets.float()
+    for epoch in range(start, cfg.epochs):
+        phi.train()
+        order = torch.randperm(n, generator=gen)
+        sums = {"loss": 0.0, "distil": 0.0, "gpt": 0.0}
+        steps = n // cfg.batch_size
+        for s in tqdm(range(steps), disable=not progress, desc=f"phi epoch {epoch}", leave=False):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                pred = phi(features[idx].to(dev))
+                l_distil = nt_xent(pred, targets[idx].to(dev), cfg.tau)
+                loss = cfg.lambda_distil * l_distil
+                l_gpt = torch.zeros((), device=dev)
+                if usable is not None:
+                    rows = [int(i) for i in idx if usable[int(i)]]
+                    if rows:
+                        picks = []
+                        for i in rows:
+                            c = usable[i][int(torch.randint(len(usable[i]), (1,), generator=gen))]
+                            ps = phrases[c]
+                            picks.append((ps[int(torch.randint(len(ps), (1,), generator=gen))], c))
+                        target = cache.get([p for p, _ in picks]).to(dev)
+                        tok = backbone.tokenize([replace_concept(p, c, "all") for p, c in picks])
+                        pos = {int(i): k for k, i in enumerate(idx)}
+                        sel = torch.tensor([pos[i] for i in rows], device=dev)
+                        out = encode_tokens(backbone, tok, pred[sel])
+                        l_gpt = (1 - F.cosine_similarity(out.float(), target.float(), dim=-1)).mean()
+                        loss = loss + cfg.lambda_gpt * l_gpt
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sums["loss"] += float(loss.detach())
+            sums["distil"] += float(l_distil.detach())
+            sums["gpt"] += float(l_gpt.detach())
+        row = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}}
+        if validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
+            phi.eval()
+            row.update(validate(phi))
+        history.epochs.append(row)
+        if cfg.select == "val" and "val_score" in row and row["val_score"] >= best[0]:
+            best = (row["val_score"], epoch, {k: v.detach().clone() for k, v in phi.state_dict().items()})
+            if out_dir:
+                save_phi(phi, Path(out_dir) / "checkpoints" / "phi_best.pt", epoch=epoch)
+        if out_dir:
+            ck = Path(out_dir) / "checkpoints"
+            if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+                save_phi(phi, ck / f"phi_{epoch}.pt", epoch=epoch)
+            save_phi(phi, last_path, epoch=epoch, optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                     rng=_rng_state(gen), config=cfg.__dict__, seed=seed, n_images=n, history=history.epochs)
+    if cfg.select == "val":
+        if best[2] is None and out_dir and (Path(out_dir) / "checkpoints" / "phi_best.pt").is_file():
+            best = (0.0, -1, load_phi(Path(out_dir) / "checkpoints" / "phi_best.pt").state_dict())
+        if best[2] is None:
+            raise ConfigError("phi.select='val' needs a validate function returning 'val_score'")
+        phi.load_state_dict(best[2])
+        history.selected_epoch = best[1]
+    return phi.eval(), history
+
+
+@torch.no_grad()
+def phi_tokens(phi: Phi, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Pseudo-tokens for raw image features (phi in eval mode)."""
+    phi.eval()
+    dev = next(phi.parameters()).device
+    return torch.cat([phi(features[i:i + batch_size].to(dev).float()).cpu()
+                      for i in range(0, len(features), batch_size)]) if len(features) else features
