@@ -203,7 +203,11 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise MissingWeightsError(f"model.checkpoint={str(path)!r} does not exist; train it first "
                                   "(searle pretrain, or the embedded-world notebook) or fix the path")
     state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        raise ConfigError(f"checkpoint {path} does not fit this architecture ({str(e).splitlines()[1].strip()} ...); "
+                          "check model.name") from e
     if missing or unexpected:
         raise ConfigError(f"checkpoint {path} does not fit this architecture: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}; check model.name")
