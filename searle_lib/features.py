@@ -166,7 +166,7 @@ def _load_entry(base: Path, key: dict[str, Any]) -> FeatureSet | None:
         if manifest.get("key") != key:
             return None
         features = load_file(str(tensor_path))["features"]
-    except (OSError, ValueError, KeyError, RuntimeError):  # absent, partial or foreign files: recompute
+    except Exception:  # absent, partial or foreign files (any reader error): the cache is only a shortcut, recompute
         return None
     ids = manifest.get("ids", [])
     if features.ndim != 2 or features.shape[0] != len(ids):

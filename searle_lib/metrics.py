@@ -60,7 +60,7 @@ def recall_at_k(ranked: torch.Tensor, target: torch.Tensor, k: int) -> torch.Ten
     A target of -1 (not in the gallery) is never found, as in the official code.
     """
     hit = (ranked[:, :k] == target[:, None]) & (target[:, None] >= 0)
-    return hit.any(dim=1).float()
+    return hit.any(dim=1).double()
 
 
 def average_precision_at_k(relevant: torch.Tensor, num_positives: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,10 +68,10 @@ def average_precision_at_k(relevant: torch.Tensor, num_positives: torch.Tensor, 
 
     AP@k = sum_{i<=k} P@i * rel_i / min(#GT, k), with P@i = (#GT in the top i) / i.
     """
-    rel = relevant[:, :k].float()
-    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
+    rel = relevant[:, :k].double()  # float64: averaged over thousands of queries, reported to 2 decimals
+    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float64)
     precision = rel.cumsum(dim=1) / ranks * rel  # precision at the positions of ground truths only
-    denom = num_positives.float().clamp(max=k).clamp(min=1)
+    denom = num_positives.double().clamp(max=k).clamp(min=1)
     return precision.sum(dim=1) / denom
 
 

@@ -115,7 +115,7 @@ def write_cirr(root: Path) -> Path:
 def write_circo(root: Path) -> Path:
     """``annotations/{val,test}.json`` and the COCO-unlabeled gallery of 20 images (ids 1001, 1003, ..., 1039).
 
-    Val query ``q`` has reference ``gallery[q]`` and ground truths ``gallery[10 + q : 10 + 2q + 2]`` (1, 2, 3 of
+    Val query ``q`` has reference ``gallery[q]`` and ground truths ``gallery[10 + q : 10 + 2q + 2]`` (2, 3, 4 of
     them), target the first; image 1003 is grayscale.
     """
     root = Path(root)
