@@ -265,12 +265,12 @@ def toc(presets: Sequence[str] = ("embedded",), *, table: Sequence[Notebook] = N
     Runs on the other ``presets`` (and, with ``extra_existing``, on any of the notebook's presets other than
     ``tiny`` whose executed output exists) become sections titled with their preset.
     """
-    order = ordered(table)
+    ordered(table)  # validates slugs, parts and dependencies; chapters keep the table's order
     rel = runs_dir.resolve().relative_to(root.resolve()).as_posix()
     parts = []
     for part, (caption, page) in PARTS.items():
         chapters: list[dict[str, Any]] = [{"file": page}]
-        for nb in (n for n in order if n.part == part):
+        for nb in (n for n in table if n.part == part):
             wanted = [p for p in presets if p in nb.presets]
             if extra_existing:
                 wanted += [p for p in nb.presets if p not in wanted and p != "tiny"

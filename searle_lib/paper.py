@@ -50,6 +50,12 @@ REQUIREMENTS = {
              "a GPU, and an upload to the CIRCO evaluation server (test labels are not public)",
 }
 
+# Rows of the paper for methods this study does not implement: why no run of ours can stand beside them.
+NOT_IMPLEMENTED = {
+    "palavra": "PALAVRA (a personalised-concept inversion baseline) is not implemented in this study",
+    "pic2word": "Pic2Word (a mapping network trained on 3M CC3M images) is not implemented in this study",
+}
+
 
 @dataclass(frozen=True)
 class PaperRow:
@@ -159,8 +165,8 @@ def side_by_side(ours: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame
             metric, value, preset, slug, finished). When several runs match, the latest ``finished`` is used.
         dataset: restrict to one benchmark.
     Returns:
-        Columns ``dataset, split, name, method, backbone, metric, paper, ours, diff, status, run`` where ``status``
-        is "measured" or "not run here: needs ..." (from ``REQUIREMENTS``).
+        Columns ``dataset, split, name, method, backbone, metric, paper, ours, diff, status, needs, run`` where
+        ``status`` is "measured" or "not run here", and ``needs`` says what such a run needs (``REQUIREMENTS``).
     """
     paper = paper_results(dataset).rename(columns={"value": "paper"})
     need = ["dataset", "split", "method", "backbone", "metric", "value"]
@@ -174,20 +180,38 @@ def side_by_side(ours: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame
     mine = mine.drop_duplicates(KEY + ["metric"], keep="last")[KEY + ["metric", "value", "run"]]
     out = paper.merge(mine.rename(columns={"value": "ours"}), on=KEY + ["metric"], how="left")
     out["diff"] = out["ours"] - out["paper"]
-    out["status"] = ["measured" if pd.notna(v) else f"not run here: needs {REQUIREMENTS[d]}"
-                     for v, d in zip(out["ours"], out["dataset"])]
+    measured = out["ours"].notna()
+    out["status"] = measured.map({True: "measured", False: "not run here"})
+    out["needs"] = ["" if m else NOT_IMPLEMENTED.get(meth, REQUIREMENTS[d])
+                    for m, d, meth in zip(measured, out["dataset"], out["method"])]
     out["run"] = out["run"].fillna("")
-    return out[["dataset", "split", "name", "method", "backbone", "metric", "paper", "ours", "diff", "status", "run"]]
+    return out[["dataset", "split", "name", "method", "backbone", "metric", "paper", "ours", "diff", "status",
+                "needs", "run"]]
 
 
 def status_summary(side: pd.DataFrame) -> pd.DataFrame:
-    """One row per paper row of ``side_by_side``: how many of its numbers were measured here, and the status."""
-    g = side.groupby(["dataset", "name", "backbone"], sort=False)
+    """One row per paper row of ``side_by_side``: how many of its numbers were measured here, and the status
+    ("measured", "partly measured", "not run here" or "not implemented")."""
+    g = side.groupby(["dataset", "name", "method", "backbone"], sort=False)
     out = g.agg(paper_numbers=("paper", "size"), measured=("ours", "count"),
-                mean_abs_diff=("diff", lambda d: d.abs().mean()), status=("status", "first"), run=("run", "max"))
-    out["status"] = ["measured" if m == n else ("partly measured" if m else s)
-                     for m, n, s in zip(out["measured"], out["paper_numbers"], out["status"])]
+                mean_abs_diff=("diff", lambda d: d.abs().mean()), run=("run", "max"))
+    implemented = [m not in NOT_IMPLEMENTED for m in out.index.get_level_values("method")]
+    out["status"] = ["measured" if m == n else "partly measured" if m else "not run here" if i else "not implemented"
+                     for m, n, i in zip(out["measured"], out["paper_numbers"], implemented)]
     return out.reset_index()
+
+
+def status_matrix(summary: pd.DataFrame) -> pd.DataFrame:
+    """``status_summary`` as the paper prints its rows: one row per method and backbone, one column per benchmark,
+    cells like "not run here (0 of 8)"."""
+    cells = summary.assign(cell=summary["status"] + " (" + summary["measured"].astype(str) + " of "
+                           + summary["paper_numbers"].astype(str) + ")")
+    rows = list(dict.fromkeys(zip(cells["name"], cells["backbone"])))
+    matrix = cells.pivot(index=["name", "backbone"], columns="dataset", values="cell")
+    matrix = matrix.loc[rows, [d for d in TABLES if d in matrix.columns]].fillna("not in this table")
+    matrix.columns.name = None
+    matrix.index.names = ["method", "backbone"]
+    return matrix
 
 
 HEADLINE = {"fashioniq": "recall_at_10", "cirr": "recall_at_1", "circo": "map_at_5"}  # one metric per benchmark

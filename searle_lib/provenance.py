@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .config import StudyConfig
+from .config import StudyConfig, _flatten  # _flatten: nested keys -> dotted keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_HASH_MAX_FILES = 200_000  # files listed for a dataset hash before it stops (a full ImageNet test split is 100k)
@@ -85,11 +85,14 @@ def package_versions() -> dict[str, str | None]:
 def device_info(requested: str = "auto") -> dict[str, Any]:
     """The device a run with ``run.device=requested`` uses, with its name (GPU model or CPU) and core count."""
     import torch
-    from .backbones import resolve_device
-    try:
-        device = str(resolve_device(requested))
-    except Exception as e:  # recorded, not raised: provenance must not hide the run's own result
-        device = f"unavailable ({e})"
+    if requested == "auto":  # the common case, without importing open_clip (seconds) through backbones
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        from .backbones import resolve_device
+        try:
+            device = str(resolve_device(requested))
+        except Exception as e:  # recorded, not raised: provenance must not hide the run's own result
+            device = f"unavailable ({e})"
     info: dict[str, Any] = {"requested": requested, "device": device, "cpu_count": os.cpu_count(),
                             "cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
     if device.startswith("cuda"):
@@ -331,3 +334,24 @@ def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append({**base, "method": "", "metric": key, "value": value})
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def collect_benchmarks(bench_dir: str | Path) -> pd.DataFrame:
+    """Every scalar in every ``*.json`` under ``bench_dir`` (nested keys dotted): columns file, device, key, value.
+
+    ``device`` is the file's top-level ``device`` (or ``device.name``) when it has one, so that figures from
+    different machines are never mixed up.
+    """
+    rows = []
+    for path in sorted(Path(bench_dir).glob("**/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"benchmark file {path} is not valid JSON: {e}") from e
+        if not isinstance(data, Mapping):
+            continue
+        flat = _flatten(data)
+        device = flat.get("device.name", flat.get("device", ""))
+        rows += [{"file": path.relative_to(bench_dir).as_posix(), "device": str(device), "key": k, "value": v}
+                 for k, v in flat.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return pd.DataFrame(rows, columns=["file", "device", "key", "value"])
