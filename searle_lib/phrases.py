@@ -109,6 +109,11 @@ class PhraseBank:
     phrases: dict[str, list[str]]
     meta: dict[str, Any] = field(default_factory=dict)  # JSONL header, or {"format": "official-pkl", ...}
 
+    @property
+    def generator(self) -> dict[str, Any]:
+        """What wrote the phrases (the JSONL header's generator; ``{"kind": "official-pkl"}`` for a pickle)."""
+        return self.meta.get("generator", {"kind": self.meta.get("format", "unknown")})
+
     @cached_property
     def _dropped(self) -> set[str]:
         return official_filter(self.phrases)

@@ -224,7 +224,8 @@ def test_official_pkl_round_trip(tmp_path):
     pkl = export_official_pkl(bank, tmp_path / "GPTNeo27B" / "concept_to_phrases.pkl")
     assert pickle.loads(pkl.read_bytes()) == bank.phrases  # what the official code's pickle.load sees
     again = load_phrases(pkl)
-    assert again.phrases == bank.phrases and again.meta["format"] == "official-pkl"
+    assert again.phrases == bank.phrases and again.generator == {"kind": "official-pkl"}
+    assert bank.generator["kind"] == "offline"
     pkl.write_bytes(pickle.dumps({"dog": "not a list"}))
     with pytest.raises(PhrasesError, match="entry 'dog' holds str"):
         load_phrases(pkl)
