@@ -408,6 +408,9 @@ class _HFGenerator:
                  **_: Any):
         if (model is None) != (tokenizer is None):
             raise PhrasesError("pass both model and tokenizer, or neither (then cfg.lm_name is loaded)")
+        if device == "auto":  # the run config's default
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.cfg, self.device, self.model = cfg, device, model
         self.tokenizer = _prepare_tokenizer(tokenizer, cfg.lm_name) if tokenizer is not None else None
         self.lm_name = cfg.lm_name
@@ -515,7 +518,7 @@ def generate_phrases(concepts: Sequence[str], cfg: PhrasesConfig, out_path: str 
         concepts: concept names (stripped and de-duplicated, as the official loop does).
         cfg: the ``phrases`` config section (generator, LM, prompt and sampling settings).
         out_path: JSONL file; if it exists its header must match and the run resumes.
-        device: torch device for the LM ("cuda" loads it in fp16, as the official code).
+        device: torch device for the LM ("cuda" loads it in fp16, as the official code; "auto": CUDA if present).
         seed: run seed; each concept's stream is seeded from ``(seed, concept)``.
         model, tokenizer: an already loaded HF causal LM and tokenizer (else loaded from ``cfg.lm_name``).
         progress: show a tqdm bar.

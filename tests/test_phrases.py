@@ -80,7 +80,7 @@ def test_official_filtering_on_crafted_examples():
 # ------------------------------------------------------------------------------------------ HF generation
 def test_hf_generation_end_to_end_with_tiny_lm(tiny_lm_dir, tmp_path):
     cfg = _hf_cfg(tiny_lm_dir)
-    path = generate_phrases(CONCEPTS, cfg, tmp_path / "p.jsonl", progress=False)
+    path = generate_phrases(CONCEPTS, cfg, tmp_path / "p.jsonl", device="auto", progress=False)  # CPU in tests
     bank = load_phrases(path)
     g = bank.meta["generator"]
     assert g["kind"] == "hf" and g["lm_name"] == str(tiny_lm_dir) and g["lm_revision"].startswith("sha256:")
