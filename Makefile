@@ -1,12 +1,14 @@
 # searle-study: the README's two commands.
 #   make book   set-up (idempotent), every notebook on the embedded preset, then the book -> _build/html/index.html
 #   make test   set-up (idempotent), then the full test suite (this is what .ci/run calls)
-# Other targets: make setup | notebooks | check-book | clean. PRESET=tiny make book builds the quick book.
+# Other targets: make setup | notebooks | check-book | clean. PRESET=tiny make book builds the quick book
+# (its results go to _build/tiny/results: only the embedded preset's results are committed).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= embedded
 PYTEST_ARGS ?=
+OUT_ARG := $(if $(filter tiny,$(PRESET)),-p out_dir=_build/tiny/results,)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -16,7 +18,7 @@ book: notebooks
 	$(PY) scripts/build_book.py --preset $(PRESET)
 
 notebooks: setup
-	$(PY) scripts/run_notebooks.py --preset $(PRESET)
+	$(PY) scripts/run_notebooks.py --preset $(PRESET) $(OUT_ARG)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -125,6 +125,8 @@ ROWS: tuple[PaperRow, ...] = (
 )
 
 KEY = ["dataset", "split", "method", "backbone"]
+# A retrieval metric key, optionally with a FashionIQ category (as opposed to counts and other run facts).
+METRIC_PATTERN = r"^(?:(?:dress|shirt|toptee)_)?(?:recall|recall_subset|map)_at_\d+$"
 
 
 def paper_results(dataset: str | None = None) -> pd.DataFrame:

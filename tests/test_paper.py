@@ -119,3 +119,10 @@ def test_status_summary_counts_measured_numbers() -> None:
 def test_side_by_side_rejects_a_frame_without_the_key_columns() -> None:
     with pytest.raises(ValueError, match="collect_metrics"):
         paper.side_by_side(pd.DataFrame({"metric": ["recall_at_1"], "value": [1.0]}))
+
+
+def test_metric_pattern_tells_retrieval_metrics_from_run_facts() -> None:
+    import re
+    keys = set(paper.paper_results()["metric"])
+    assert all(re.match(paper.METRIC_PATTERN, k) for k in keys)
+    assert not any(re.match(paper.METRIC_PATTERN, k) for k in ("paper_numbers", "runs", "recall_at_", "map_at_x"))
