@@ -98,7 +98,7 @@ class ImageDataset(Dataset):
 
 
 def collate_images(batch: list[tuple[int, torch.Tensor] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack the good items of ``batch`` into ``(indices [B], images [B, 3, H, W])``; bad (``None``) ones are dropped."""
+    """Stack the good items of ``batch`` into ``(indices [B], images [B, 3, H, W])``; bad ``None`` items are dropped."""
     good = [item for item in batch if item is not None]
     if not good:
         return torch.empty(0, dtype=torch.long), torch.empty(0)

@@ -119,8 +119,9 @@ def score_split(split: CIRSplit, query_feats: torch.Tensor, gallery_feats: torch
     """
     queries, gallery_ids = split.queries, split.gallery.ids
     if query_feats.shape[0] != len(queries) or gallery_feats.shape[0] != len(gallery_ids):
-        raise ValueError(f"{split.dataset}/{split.split}: got {query_feats.shape[0]} query and {gallery_feats.shape[0]} "
-                         f"gallery features for {len(queries)} queries and {len(gallery_ids)} gallery images")
+        raise ValueError(f"{split.dataset}/{split.split}: got {query_feats.shape[0]} query and "
+                         f"{gallery_feats.shape[0]} gallery features for {len(queries)} queries and "
+                         f"{len(gallery_ids)} gallery images")
     _check_normalized("query features", query_feats)
     _check_normalized("gallery features", gallery_feats)
     parsed = {key: parse_metric(key) for key in split.metrics} if split.has_ground_truth else {}
@@ -129,7 +130,8 @@ def score_split(split: CIRSplit, query_feats: torch.Tensor, gallery_feats: torch
     depth = max([rank_k] + [k for kind, k in parsed.values() if kind != "recall_subset"])
     _, ranked = topk_cosine(query_feats, gallery_feats, depth, chunk_size=chunk_size,
                             exclude=reference if split.exclude_reference else None)
-    rankings = {q.query_id: [gallery_ids[i] for i in row[:rank_k].tolist() if i >= 0] for q, row in zip(queries, ranked)}
+    rankings = {q.query_id: [gallery_ids[i] for i in row[:rank_k].tolist() if i >= 0]
+                for q, row in zip(queries, ranked)}
 
     subset = None
     if any(q.group_ids for q in queries):

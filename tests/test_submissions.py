@@ -62,9 +62,9 @@ def test_cirr_validator_catches_each_defect(cirr, monkeypatch):
     bad = lambda: copy.deepcopy(rec)  # noqa: E731
     d = bad(); d["version"] = "rc1"; _cirr_defect(d, split, "recall", "'version' is 'rc1'")  # noqa: E702
     _cirr_defect(rec, split, "recall_subset", "'metric' is 'recall'")
-    d = bad(); del d["201"]; _cirr_defect(d, split, "recall", r"1 query id\(s\) missing, e.g. \['201'\]")  # noqa: E702
+    d = bad(); del d["201"]; _cirr_defect(d, split, "recall", r"missing, e.g. \['201'\]")  # noqa: E702
     d = bad(); d["999"] = d["200"]; _cirr_defect(d, split, "recall", "unknown key")  # noqa: E702
-    d = bad(); d["200"] = d["200"][:-1]; _cirr_defect(d, split, "recall", "query 200: 10 ids, expected 11")  # noqa: E702
+    d = bad(); d["200"] = d["200"][:-1]; _cirr_defect(d, split, "recall", "query 200: 10 ids, expected")  # noqa: E702
     d = bad(); d["200"][1] = d["200"][0]; _cirr_defect(d, split, "recall", "query 200: duplicate ids")  # noqa: E702
     d = bad(); d["200"][-1] = q.reference_id; _cirr_defect(d, split, "recall", "holds its reference")  # noqa: E702
     d = bad(); d["200"][0] = "dev-0-0-img0"; _cirr_defect(d, split, "recall", "not in the gallery")  # noqa: E702

@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_EXTS = (".jpg", ".png")  # the official download is JPEG; some mirrors re-encode to PNG
 METRICS = ("recall_at_10", "recall_at_50")
 
-TREE = """  captions/cap.<category>.<split>.json        list of {"candidate": ASIN, "target": ASIN, "captions": [c1, c2]}
+TREE = """  captions/cap.<category>.<split>.json        list of {"candidate", "target", "captions": [c1, c2]} (ASINs)
   image_splits/split.<category>.<split>.json  list of ASINs (the gallery)
   images/<ASIN>.jpg (or .png)
   with <category> in dress, shirt, toptee and <split> in train, val, test ("target" is absent in test)"""
@@ -65,7 +65,8 @@ def _read_category(layout: Layout, category: str, split: str) -> tuple[list[CIRQ
         layout.check_record(rec, cap_path, i, fields)
         caps = rec["captions"]
         if len(caps) != 2 or not all(isinstance(c, str) for c in caps):
-            raise layout.error(f"{cap_path}, record {i}: 'captions' should be a list of two strings, found {caps!r:.120}")
+            raise layout.error(f"{cap_path}, record {i}: 'captions' should be a list of two strings, "
+                               f"found {caps!r:.120}")
         target = rec.get("target") if split != "test" else None
         queries.append(CIRQuery(query_id=f"{category}-{i}", reference_id=rec["candidate"], captions=tuple(caps),
                                 target_id=target, category=category))
