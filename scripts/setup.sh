@@ -43,8 +43,11 @@ want=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
     say "installing requirements (pinned by constraints.txt); torch comes from this machine's local wheels where pip is set up for it"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e .
+    # (this machine's pip config lists local wheel folders; its "Location ... is ignored" notes are dropped)
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e . \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     echo "$want" > "$STAMP"
 else
     say "packages up to date (stamp $want)"
