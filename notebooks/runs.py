@@ -21,7 +21,7 @@
 # preset, seed, backbone and weights, dataset root and its listing hash, git commit (and whether the
 # checkout had uncommitted changes), package versions, device and wall time. Jupyter Book does not execute the
 # notebooks here (papermill did, through `scripts/run_notebooks.py`), so this page takes the place of an
-# execution table. The environment that built the book closes the page.
+# execution table. The environment that ran this page closes it.
 
 # %% tags=["parameters"]
 preset = "embedded"
@@ -37,7 +37,8 @@ from searle_lib.provenance import collect_runs, environment, save_run
 
 cfg = load_config(preset, {"run.seed": seed, "run.out_dir": out_dir})
 runs = collect_runs(out_dir)
-runs.drop(columns=["path"])
+runs = runs[runs["slug"] != "runs"]  # this page's own run is described by the environment below
+runs.drop(columns=["path", "hostname"])
 
 # %% [markdown]
 # ## Wall time of each run
@@ -52,10 +53,7 @@ fig = plots.bar_panels(runs.assign(seconds=runs["duration_s"]), x="slug", y="sec
 # ## The environment that ran this page
 
 # %%
-env = environment(cfg.run.device)
-pd.Series({**{f"version: {k}": v for k, v in env["versions"].items()},
-           **{f"device: {k}": v for k, v in env["device"].items()},
-           "hostname": env["hostname"], "platform": env["platform"]}, name="value").to_frame()
+pd.json_normalize(environment(cfg.run.device)).T.rename(columns={0: "value"})
 
 # %%
 save_run(cfg, "runs", {"runs": len(runs)}, figures={"durations": fig})
