@@ -98,11 +98,12 @@ def device_info(requested: str = "auto") -> dict[str, Any]:
     if device.startswith("cuda"):
         info["name"] = torch.cuda.get_device_name(torch.device(device))
     else:
-        info["name"] = _cpu_name()
+        info["name"] = cpu_name()
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (Linux: from /proc/cpuinfo), for benchmark and provenance records."""
     try:  # Linux names the CPU model only in /proc/cpuinfo
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
