@@ -318,6 +318,8 @@ def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
     """Every number in every ``metrics.json`` under ``results_dir``, one row each (columns ``METRIC_COLUMNS``).
 
     Flat metrics get ``method = ""``; nested ones ``{method: {metric: value}}`` one row per (method, metric).
+    Per-group scores that ``searle eval`` keeps in provenance (``extra.groups``: ``{method: {group: {metric: v}}}``,
+    e.g. the FashionIQ categories) become ``<group>_<metric>`` rows, such as ``dress_recall_at_10``.
     Dataset, split and backbone come from the run's provenance.
     """
     rows = []
@@ -334,6 +336,11 @@ def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
                          if isinstance(v, (int, float)) and not isinstance(v, bool)]
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append({**base, "method": "", "metric": key, "value": value})
+        groups = (prov.get("extra") or {}).get("groups") or {}
+        for method, per_group in groups.items():
+            for group, values in (per_group or {}).items():
+                rows += [{**base, "method": method, "metric": f"{group}_{m}", "value": v} for m, v in values.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 

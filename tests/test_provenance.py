@@ -133,6 +133,12 @@ def test_collect_runs_and_metrics(cfg, tmp_path: Path) -> None:
     assert got == {("cirr", "searle", "recall_at_1"): 20.0, ("cirr", "searle", "recall_at_5"): 40.0,
                    ("cirr", "image", "recall_at_1"): 5.0, ("world", "", "queries"): 60}
     assert set(metrics["split"]) == {cfg.eval.split} and set(metrics["dataset"]) == {"embedded"}
+    # per-category scores as searle eval keeps them (extra.groups) become <category>_<metric> rows
+    provenance.save_run(cfg, "fiq", {"searle": {"recall_at_10": 20.0}},
+                        extra={"groups": {"searle": {"dress": {"recall_at_10": 18.0}, "shirt": {"recall_at_10": 22.0}}}})
+    fiq = provenance.collect_metrics(out).query("slug == 'fiq'")
+    assert dict(zip(fiq["metric"], fiq["value"])) == {"recall_at_10": 20.0, "dress_recall_at_10": 18.0,
+                                                      "shirt_recall_at_10": 22.0}
 
 
 def test_collect_benchmarks_flattens_json_and_names_the_device(tmp_path: Path) -> None:
