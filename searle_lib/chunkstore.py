@@ -4,7 +4,9 @@ A long per-image job (OTI, concept association, feature extraction) splits its i
 Each finished chunk is written to ``chunk_<k>.safetensors`` through a temporary file and ``os.replace``, so a
 chunk file on disk is always complete. ``manifest.json`` records what the results belong to (a config hash and a
 hash of the exact image list); a restarted job reuses finished chunks only when both match, and otherwise stops
-with an error that says how to start over. Chunks can be shared across ``torch.distributed`` ranks
+with an error that says how to start over. Each chunk also carries its image ids and the config hash, so a chunk
+copied in from another run is refused, and a damaged chunk file (never written by us: writes are atomic) is
+recomputed with a warning instead of being trusted. Chunks can be shared across ``torch.distributed`` ranks
 (chunk k goes to rank k mod world size) and merge to the same files as a single process.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,9 +24,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .config import ConfigError
 
-class ResumeMismatchError(RuntimeError):
-    """Existing results in a folder belong to another config or image list."""
+
+class ResumeMismatchError(ConfigError, RuntimeError):
+    """Existing results in a folder belong to another config or image list (a ``ConfigError``, so the CLI reports
+    it as one line; still a ``RuntimeError`` for older callers)."""
 
 
 def list_hash(ids: Sequence[str]) -> str:
@@ -34,15 +40,26 @@ def list_hash(ids: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path`` to disk before it is renamed into place (a power cut then leaves the old file or the new)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -104,25 +121,49 @@ class ChunkStore:
         return self.ids[k * self.chunk_size:(k + 1) * self.chunk_size]
 
     def done(self, k: int) -> bool:
-        return self.chunk_path(k).is_file()
+        """Chunk ``k`` is on disk and belongs to this run; a damaged file is deleted (and so recomputed)."""
+        path = self.chunk_path(k)
+        if not path.is_file():
+            return False
+        try:
+            self.meta(k)
+        except ResumeMismatchError:
+            raise
+        except Exception as e:  # unreadable header: not a file we wrote completely
+            warnings.warn(f"{path} is damaged ({type(e).__name__}: {e}); it is deleted and recomputed", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def meta(self, k: int) -> dict[str, str]:
+        """Metadata of chunk ``k`` (its ids checked against the manifest, and the config hash if recorded)."""
+        path = self.chunk_path(k)
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        if json.loads(meta["ids"]) != list(self.chunk_ids(k)) or \
+                meta.get("config_hash", self.config_hash) != self.config_hash:
+            raise ResumeMismatchError(f"{path} holds results of other images or another config than "
+                                      f"{self.folder / 'manifest.json'} says (copied in from another run?). "
+                                      "Delete the folder or use --force-restart")
+        return meta
 
     def pending(self) -> Iterator[int]:
         """Chunks this rank still has to compute."""
         rank, world = dist_info()
         return (k for k in range(self.n_chunks) if k % world == rank and not self.done(k))
 
-    def write(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+    def write(self, k: int, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+        """Write chunk ``k`` atomically; ``meta`` adds string metadata (e.g. a fingerprint of its input files)."""
         ids = self.chunk_ids(k)
         for name, t in tensors.items():
             if t.shape[0] != len(ids):
                 raise ValueError(f"chunk {k}: tensor {name} has {t.shape[0]} rows for {len(ids)} images")
-        save_tensors_atomic(self.chunk_path(k), tensors, {"ids": json.dumps(list(ids))})
+        save_tensors_atomic(self.chunk_path(k), tensors,
+                            {**(meta or {}), "ids": json.dumps(list(ids)), "config_hash": self.config_hash})
 
     def read(self, k: int) -> dict[str, torch.Tensor]:
+        self.meta(k)
         with safe_open(str(self.chunk_path(k)), "pt") as f:
-            if json.loads(f.metadata()["ids"]) != list(self.chunk_ids(k)):
-                raise ResumeMismatchError(f"{self.chunk_path(k)} holds other images than the manifest says; "
-                                          "delete the folder or use --force-restart")
             return {name: f.get_tensor(name) for name in f.keys()}
 
     def merge(self) -> dict[str, torch.Tensor]:
