@@ -16,8 +16,11 @@ concepts, independently of the other images (conditioning a product distribution
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -28,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
+from .chunkstore import ResumeMismatchError
 from .config import ConfigError, PhiConfig
 from .oti import replace_concept
 from .text_encoding import encode_texts, encode_tokens
@@ -79,7 +83,15 @@ def load_phi(path: str | Path, backbone: Backbone | None = None, dropout: float 
     if not path.is_file():
         raise FileNotFoundError(f"phi checkpoint {path} not found; train it (`searle train-phi`) or download the "
                                 "released SEARLE_ViT-B32.pt / SEARLE_ViT-L14.pt (GitHub release 'weights')")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a class or function: never run code from a file
+        raise ConfigError(f"{path} holds Python objects other than tensors and plain data, so it was not loaded "
+                          f"(torch.load weights_only=True; first refusal: {str(e).splitlines()[-1][:160]}). Use "
+                          "a plain {'Phi': state_dict} checkpoint (phi.save_phi or the released weights)") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ConfigError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}); it may be truncated: download or train it again") from None
     state = ckpt.get("Phi", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "layers.0.weight" not in state:
         raise ConfigError(f"{path} is not a phi checkpoint (expected {{'Phi': state_dict}} with layers.0/3/6)")
@@ -116,7 +128,57 @@ class PhiHistory:
 
 
 def _rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "python": random.getstate()}
+    """RNG states as tensors and plain lists, so ``phi_last.pt`` loads with ``torch.load(weights_only=True)``."""
+    version, state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "python": [version, list(state), gauss]}
+
+
+def _set_rng_state(rng: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["gen"])
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
+
+
+def data_fingerprint(features: torch.Tensor, targets: torch.Tensor, usable: Sequence[Sequence[str]] | None,
+                     phrases: Mapping[str, Sequence[str]] | None) -> str:
+    """Hash of everything phi trains on (features, OTI targets, per-image usable concepts and their phrases), so
+    a resumed run never continues on other images (the checkpoint records it)."""
+    h = hashlib.sha256()
+    for t in (features, targets):
+        t = t.detach().float().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    if usable is not None and phrases:
+        for cs in usable:
+            h.update("\0".join(cs).encode() + b"\1")
+        for c in sorted({c for cs in usable for c in cs}):
+            h.update(c.encode() + b"\2" + "\0".join(phrases[c]).encode() + b"\1")
+    return h.hexdigest()[:16]
+
+
+def _load_last(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # never written half by us (atomic), so someone else wrote or damaged it
+        raise ConfigError(f"{path} cannot be read as a phi resume checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}). Delete it or pass force_restart=True "
+                          "(CLI: --force-restart) to start over") from None
+
+
+def _restore_best(ckpt_dir: Path, epochs: list[dict]) -> tuple[float, int, dict | None]:
+    """The best validation epoch so far (last of the ties, as in the loop) and its weights from phi_best.pt."""
+    scored = [(r["val_score"], r["epoch"]) for r in epochs if "val_score" in r]
+    if not scored:
+        return float("-inf"), -1, None
+    score, epoch = max(scored)
+    best_path = ckpt_dir / "phi_best.pt"
+    state = None
+    if best_path.is_file():
+        ck = torch.load(best_path, map_location="cpu", weights_only=True)
+        if ck.get("epoch") == epoch:  # else a kill fell between phi_best and phi_last: the epoch is redone
+            state = ck["Phi"]
+    return score, epoch, state
 
 
 def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
@@ -132,7 +194,9 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
         image_concepts: per image, its ranked concepts (the first ``cfg.top_k_concepts`` are sampled, raw strings).
         phrases: usable concept -> phrases; ``None`` or empty disables L_gpt.
         out_dir: checkpoints (``phi_last.pt`` with optimizer and RNG state every epoch, ``phi_<epoch>.pt``);
-            an existing ``phi_last.pt`` of the same config resumes training.
+            an existing ``phi_last.pt`` of the same config, seed and data resumes training (bit-identically on
+            CPU); one of another run raises ``ResumeMismatchError``.
+        force_restart: delete ``out_dir/checkpoints`` of an earlier run and start over.
         validate: called with phi in eval mode after an epoch; returns metrics (official: CIRR val).
     """
     dev = backbone.device
@@ -154,23 +218,32 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
     usable = None
     if phrases and image_concepts is not None and cfg.lambda_gpt > 0:
         usable = [[c for c in cs[:cfg.top_k_concepts] if c in phrases] for cs in image_concepts]
-    cache = PhraseFeatureCache(backbone)
-    last_path = Path(out_dir) / "checkpoints" / "phi_last.pt" if out_dir else None
-    if last_path and last_path.is_file() and not force_restart:
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: holds RNG states
-        if ckpt.get("config") != cfg.__dict__ or ckpt.get("seed") != seed or ckpt.get("n_images") != n:
-            raise ConfigError(f"{last_path} was written by a run with another config, seed or image set; use "
-                              "another output folder or --force-restart")
+    data = data_fingerprint(features, targets, usable, phrases)
+    ckpt_dir = Path(out_dir) / "checkpoints" if out_dir else None
+    last_path = ckpt_dir / "phi_last.pt" if ckpt_dir else None
+    if ckpt_dir and force_restart and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # also phi_best.pt / phi_<epoch>.pt of the old run, which would otherwise linger
+    if last_path and last_path.is_file():
+        ckpt = _load_last(last_path)
+        expected = {"config": cfg.__dict__, "seed": seed, "n_images": n, "data": data}
+        diff = [k for k, v in expected.items() if ckpt.get(k) != v]
+        if diff:
+            raise ResumeMismatchError(
+                f"{last_path} belongs to another phi run (differs in: {', '.join(diff)}). Nothing was changed. "
+                "Use another output folder, or pass force_restart=True (CLI: --force-restart) to start over")
         phi.load_state_dict(ckpt["Phi"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        gen.set_state(ckpt["rng"]["gen"])
-        random.setstate(ckpt["rng"]["python"])
+        _set_rng_state(ckpt["rng"], gen)
         history.epochs = ckpt["history"]
         start = ckpt["epoch"] + 1
+        if cfg.select == "val":
+            best = _restore_best(ckpt_dir, history.epochs)
     features, targets = features.float(), targets.float()
     for epoch in range(start, cfg.epochs):
+        # A phrase's feature depends in its last bits on the batch it was encoded in, so the cache starts empty
+        # every epoch: a run resumed at any epoch then computes exactly what an uninterrupted run computes.
+        cache = PhraseFeatureCache(backbone)
         phi.train()
         order = torch.randperm(n, generator=gen)
         sums = {"loss": 0.0, "distil": 0.0, "gpt": 0.0}
@@ -218,10 +291,11 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
                 save_phi(phi, ck / f"phi_{epoch}.pt", epoch=epoch)
             save_phi(phi, last_path, epoch=epoch, optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                     rng=_rng_state(gen), config=cfg.__dict__, seed=seed, n_images=n, history=history.epochs)
+                     rng=_rng_state(gen), config=cfg.__dict__, seed=seed, n_images=n, data=data,
+                     history=history.epochs)
     if cfg.select == "val":
-        if best[2] is None and out_dir and (Path(out_dir) / "checkpoints" / "phi_best.pt").is_file():
-            best = (0.0, -1, load_phi(Path(out_dir) / "checkpoints" / "phi_best.pt").state_dict())
+        if best[2] is None and ckpt_dir and (ckpt_dir / "phi_best.pt").is_file():
+            best = (best[0], best[1], load_phi(ckpt_dir / "phi_best.pt").state_dict())
         if best[2] is None:
             raise ConfigError("phi.select='val' needs a validate function returning 'val_score'")
         phi.load_state_dict(best[2])
