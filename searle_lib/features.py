@@ -10,6 +10,13 @@ killed run leaves no entry that looks complete). An entry is used only when its 
 - the exact image list: ids, paths, file sizes and modification times.
 
 When the image list changes, the new entry replaces the stale one of the same image set and model.
+
+Extraction itself resumes (issue 7): images are encoded in chunks of ``chunk_images`` (a multiple of the batch
+size, so the batches are the same whether or not a run was interrupted), each written atomically to a
+``<prefix>partial-<ids hash>/`` folder (``chunkstore``) with a fingerprint of its own image files. A killed run
+redoes at most the chunk it was in; a chunk whose image files changed since is recomputed, the others are reused.
+The partial folder is deleted once the complete entry is written. Under ``torch.distributed`` chunk k goes to
+rank k mod world size and every rank returns the merged result.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,14 +34,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
+from .chunkstore import ChunkStore, dist_info, list_hash
 from .datasets.base import ImageSet
 from .images import ImageDataset, collate_images
 
 CACHE_FORMAT = 1
+CHUNK_IMAGES = 4096  # images per resumable chunk of an extraction (rounded up to a multiple of the batch size)
 _FILE_SHA: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, for this process
 
 
@@ -189,27 +199,74 @@ def _save_entry(base: Path, prefix: str, key: dict[str, Any], fs: FeatureSet, se
 
 @torch.no_grad()
 def _encode(backbone: Backbone, images: ImageSet, batch_size: int, num_workers: int, skip_bad: bool,
-            progress: bool) -> FeatureSet:
-    loader = DataLoader(ImageDataset(images, backbone.preprocess, skip_bad=skip_bad), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, collate_fn=collate_images,
+            progress: bool, store: ChunkStore | None = None, chunks: Sequence[int] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[N, d]`` and a read-ok mask ``[N]`` of ``images`` (all of them, or only ``chunks`` of ``store``,
+    each chunk written as soon as it is complete)."""
+    n = len(images)
+    positions = list(range(n)) if store is None else \
+        [i for k in chunks for i in range(k * store.chunk_size, min((k + 1) * store.chunk_size, n))]
+    loader = DataLoader(Subset(ImageDataset(images, backbone.preprocess, skip_bad=skip_bad), positions),
+                        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_images,
                         pin_memory=backbone.device.type == "cuda")
-    features = torch.zeros(len(images), backbone.feature_dim, dtype=torch.float32)
-    done = torch.zeros(len(images), dtype=torch.bool)
+    features = torch.zeros(n, backbone.feature_dim, dtype=torch.float32)
+    done = torch.zeros(n, dtype=torch.bool)
+    pending = list(chunks or [])
+    seen = 0
     for index, batch in tqdm(loader, desc=f"encoding {images.name or 'images'}", unit="batch", disable=not progress):
         if index.numel():
             features[index] = backbone.encode_image(batch).float().cpu()
             done[index] = True
+        seen = min(seen + batch_size, len(positions))  # batches are consecutive slices of ``positions``
+        while store is not None and pending and (seen == len(positions) or positions[seen] >= (pending[0] + 1)
+                                                 * store.chunk_size):
+            k = pending.pop(0)
+            rows = slice(k * store.chunk_size, min((k + 1) * store.chunk_size, n))
+            store.write(k, {"features": features[rows], "ok": done[rows]},
+                        {"files": image_list_fingerprint(_chunk(images, store, k)),
+                         "skipped": str(int((~done[rows]).sum()))})
+    return features, done
+
+
+def _feature_set(images: ImageSet, features: torch.Tensor, done: torch.Tensor) -> FeatureSet:
     keep = done.nonzero().flatten()
     skipped = [images.ids[i] for i in (~done).nonzero().flatten().tolist()]
     if skipped:
         warnings.warn(f"{len(skipped)} of {len(images)} images of {images.name or 'the set'} could not be read "
-                      f"and were skipped (first: {skipped[:3]})", stacklevel=3)
+                      f"and were skipped (first: {skipped[:3]})", stacklevel=4)
     return FeatureSet([images.ids[i] for i in keep.tolist()], features[keep], skipped)
+
+
+def _chunk(images: ImageSet, store: ChunkStore, k: int) -> ImageSet:
+    rows = slice(k * store.chunk_size, (k + 1) * store.chunk_size)
+    return ImageSet(images.ids[rows], images.paths[rows], images.name)
+
+
+def _encode_resumable(backbone: Backbone, images: ImageSet, batch_size: int, num_workers: int, skip_bad: bool,
+                      progress: bool, folder: Path, slot: str, chunk_images: int) -> FeatureSet:
+    """``_encode`` through resumable chunks in ``folder`` (see the module docstring)."""
+    size = -(-max(1, chunk_images) // batch_size) * batch_size
+    store = ChunkStore.open(folder, images.ids, size, slot, "features")
+    rank, world = dist_info()
+    for k in range(rank, store.n_chunks, world):  # drop chunks whose image files changed, or that skipped an
+        if store.done(k):                         # image a strict caller (skip_bad=False) must hear about
+            meta = store.meta(k)
+            if meta.get("files") != image_list_fingerprint(_chunk(images, store, k)) or \
+                    (not skip_bad and meta.get("skipped") != "0"):
+                store.chunk_path(k).unlink()
+    todo = list(store.pending())
+    if todo:
+        _encode(backbone, images, batch_size, num_workers, skip_bad, progress, store, todo)  # results go to chunks
+    if world > 1:
+        torch.distributed.barrier()
+    merged = store.merge()
+    return _feature_set(images, merged["features"], merged["ok"].bool())
 
 
 def extract_features(backbone: Backbone, images: ImageSet, *, batch_size: int = 32,
                      cache_dir: str | Path | None = None, num_workers: int = 0, skip_bad: bool = False,
-                     progress: bool = True, preprocess_key: str | None = None) -> FeatureSet:
+                     progress: bool = True, preprocess_key: str | None = None,
+                     chunk_images: int = CHUNK_IMAGES) -> FeatureSet:
     """Raw CLIP image features of ``images`` (float32, unnormalised, in ``images.ids`` order minus skipped ones).
 
     Args:
@@ -223,6 +280,7 @@ def extract_features(backbone: Backbone, images: ImageSet, *, batch_size: int = 
         progress: show a tqdm bar.
         preprocess_key: identifies the preprocessing in the cache key when ``backbone.preprocess`` is not
             describable stably (e.g. a lambda); by default it is derived from the transform itself.
+        chunk_images: with ``cache_dir``, images per resumable chunk (a killed run redoes at most one).
 
     Returns:
         A ``FeatureSet``; ``from_cache`` says whether it was read from ``cache_dir``.
@@ -230,7 +288,7 @@ def extract_features(backbone: Backbone, images: ImageSet, *, batch_size: int = 
     if len(images) == 0:
         raise ValueError(f"image set {images.name!r} is empty: nothing to encode")
     if cache_dir is None:
-        return _encode(backbone, images, batch_size, num_workers, skip_bad, progress)
+        return _feature_set(images, *_encode(backbone, images, batch_size, num_workers, skip_bad, progress))
     key = cache_key(backbone, images, preprocess_key)
     base, prefix = _entry_paths(Path(cache_dir), key)
     cached = _load_entry(base, key)
@@ -238,6 +296,14 @@ def extract_features(backbone: Backbone, images: ImageSet, *, batch_size: int = 
     if cached is not None and (skip_bad or not cached.skipped):
         return cached
     start = time.perf_counter()
-    fs = _encode(backbone, images, batch_size, num_workers, skip_bad, progress)
-    _save_entry(base, prefix, key, fs, time.perf_counter() - start)
+    slot = {k: v for k, v in key.items() if k not in ("images", "n_images")}
+    partial = Path(cache_dir) / f"{prefix}partial-{list_hash(images.ids)}"
+    fs = _encode_resumable(backbone, images, batch_size, num_workers, skip_bad, progress, partial, _digest(slot),
+                           chunk_images)
+    rank, world = dist_info()
+    if world > 1:
+        torch.distributed.barrier()  # every rank has merged before rank 0 removes the chunks
+    if rank == 0:
+        _save_entry(base, prefix, key, fs, time.perf_counter() - start)
+        shutil.rmtree(partial, ignore_errors=True)
     return fs
