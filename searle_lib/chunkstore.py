@@ -135,13 +135,13 @@ class ChunkStore:
             return False
         return True
 
-    def meta(self, k: int) -> dict[str, str]:
+    def meta(self, k: int) -> dict:
         """Metadata of chunk ``k`` (its ids checked against the manifest, and the config hash if recorded)."""
         path = self.chunk_path(k)
         with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-        if json.loads(meta["ids"]) != list(self.chunk_ids(k)) or \
-                meta.get("config_hash", self.config_hash) != self.config_hash:
+            raw = dict(f.metadata() or {})
+        meta = json.loads(raw["chunk"]) if "chunk" in raw else {"ids": json.loads(raw["ids"])}
+        if meta["ids"] != list(self.chunk_ids(k)) or meta.get("config_hash", self.config_hash) != self.config_hash:
             raise ResumeMismatchError(f"{path} holds results of other images or another config than "
                                       f"{self.folder / 'manifest.json'} says (copied in from another run?). "
                                       "Delete the folder or use --force-restart")
@@ -152,14 +152,17 @@ class ChunkStore:
         rank, world = dist_info()
         return (k for k in range(self.n_chunks) if k % world == rank and not self.done(k))
 
-    def write(self, k: int, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
-        """Write chunk ``k`` atomically; ``meta`` adds string metadata (e.g. a fingerprint of its input files)."""
+    def write(self, k: int, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        """Write chunk ``k`` atomically; ``meta`` adds JSON metadata (e.g. a fingerprint of its input files).
+
+        The metadata is one JSON string under the key ``chunk``: safetensors writes several metadata keys in a
+        per-process hash order, and one key keeps the file byte-identical between runs."""
         ids = self.chunk_ids(k)
         for name, t in tensors.items():
             if t.shape[0] != len(ids):
                 raise ValueError(f"chunk {k}: tensor {name} has {t.shape[0]} rows for {len(ids)} images")
-        save_tensors_atomic(self.chunk_path(k), tensors,
-                            {**(meta or {}), "ids": json.dumps(list(ids)), "config_hash": self.config_hash})
+        meta = {**(meta or {}), "ids": list(ids), "config_hash": self.config_hash}
+        save_tensors_atomic(self.chunk_path(k), tensors, {"chunk": json.dumps(meta, sort_keys=True)})
 
     def read(self, k: int) -> dict[str, torch.Tensor]:
         self.meta(k)

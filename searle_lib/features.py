@@ -224,7 +224,7 @@ def _encode(backbone: Backbone, images: ImageSet, batch_size: int, num_workers: 
             rows = slice(k * store.chunk_size, min((k + 1) * store.chunk_size, n))
             store.write(k, {"features": features[rows], "ok": done[rows]},
                         {"files": image_list_fingerprint(_chunk(images, store, k)),
-                         "skipped": str(int((~done[rows]).sum()))})
+                         "skipped": int((~done[rows]).sum())})
     return features, done
 
 
@@ -252,7 +252,7 @@ def _encode_resumable(backbone: Backbone, images: ImageSet, batch_size: int, num
         if store.done(k):                         # image a strict caller (skip_bad=False) must hear about
             meta = store.meta(k)
             if meta.get("files") != image_list_fingerprint(_chunk(images, store, k)) or \
-                    (not skip_bad and meta.get("skipped") != "0"):
+                    (not skip_bad and meta.get("skipped") != 0):
                 store.chunk_path(k).unlink()
     todo = list(store.pending())
     if todo:
