@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import Backbone
 from .config import ConfigError
 from .text_encoding import encode_texts
@@ -83,31 +84,48 @@ def load_templates(path: str | Path | None) -> list[str]:
 @torch.no_grad()
 def concept_embeddings(backbone: Backbone, concepts: Sequence[str], templates: Sequence[str],
                        batch_size: int = 1024, progress: bool = True) -> torch.Tensor:
-    """Prompt-ensembled, L2-normalised text embeddings of ``concepts`` ([C, d])."""
+    """Prompt-ensembled, L2-normalised text embeddings of ``concepts`` ([C, d]).
+
+    Under ``torchrun`` each process encodes a contiguous share of the concepts; every process returns all rows.
+    """
+    share = distributed.shard_range(len(concepts))
     out = torch.empty(len(concepts), backbone.feature_dim)
     per_batch = max(1, batch_size // len(templates))
-    for i in tqdm(range(0, len(concepts), per_batch), disable=not progress, desc="concept embeddings"):
-        chunk = concepts[i:i + per_batch]
+    for i in tqdm(range(share.start, share.stop, per_batch), disable=not progress, desc="concept embeddings"):
+        chunk = concepts[i:min(i + per_batch, share.stop)]
         texts = [t.format(f" {c} ") for c in chunk for t in templates]
         feats = encode_texts(backbone, texts, batch_size=batch_size, normalize=True)
         out[i:i + len(chunk)] = F.normalize(feats.view(len(chunk), len(templates), -1).mean(1), dim=-1)
+    if distributed.world_size() > 1:
+        rows = torch.arange(share.start, share.stop)
+        out = distributed.gather_rows(len(concepts), rows, {"e": out[rows]})["e"]
     return out
 
 
 @torch.no_grad()
 def associate(image_features: torch.Tensor, concept_embs: torch.Tensor, top_k: int = 250,
               chunk: int = 4096) -> torch.Tensor:
-    """Indices ([N, k]) of each image's ``top_k`` concepts by cosine similarity (no temperature, no softmax)."""
+    """Indices ([N, k]) of each image's ``top_k`` concepts by cosine similarity (no temperature, no softmax).
+
+    Under ``torchrun`` each process ranks a contiguous share of the images; every process returns all rows.
+    """
     k = min(top_k, concept_embs.shape[0])
-    img = F.normalize(image_features.float(), dim=-1)
-    return torch.cat([(img[i:i + chunk] @ concept_embs.T).topk(k, dim=1).indices
-                      for i in range(0, len(img), chunk)]) if len(img) else torch.zeros(0, k, dtype=torch.long)
+    share = distributed.shard_range(len(image_features))
+    img = F.normalize(image_features[share.start:share.stop].float(), dim=-1)
+    top = torch.cat([(img[i:i + chunk] @ concept_embs.T).topk(k, dim=1).indices
+                     for i in range(0, len(img), chunk)]) if len(img) else torch.zeros(0, k, dtype=torch.long)
+    if distributed.world_size() > 1:
+        top = distributed.gather_rows(len(image_features), torch.arange(share.start, share.stop), {"t": top})["t"]
+    return top
 
 
 def write_concepts_csv(path: str | Path, image_ids: Sequence[str], concepts: Sequence[str],
                        top: torch.Tensor) -> Path:
-    """Write the official CSV (``Image Name,1,...,K``), atomically."""
+    """Write the official CSV (``Image Name,1,...,K``), atomically; under ``torchrun`` rank 0 writes, all wait."""
     path = Path(path)
+    if not distributed.is_main():
+        distributed.barrier()
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
@@ -116,6 +134,7 @@ def write_concepts_csv(path: str | Path, image_ids: Sequence[str], concepts: Seq
         for name, row in zip(image_ids, top.tolist()):
             w.writerow([name, *(concepts[j] for j in row)])
     os.replace(tmp, path)
+    distributed.barrier()
     return path
 
 

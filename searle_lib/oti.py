@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,12 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .chunkstore import ChunkStore, dist_info, save_tensors_atomic
 from .config import OTIConfig
-from .text_encoding import encode_texts, encode_tokens
+from .distributed import barrier, gather_rows
+from ._oti_fast import FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable
+from .text_encoding import encode_tokens
 
 PLACEHOLDER_PROMPT = " $ "
+OTI_KEYS = ("tokens", "ema_tokens", "loss")
 
 
 def image_generator(seed: int, image_id: str) -> torch.Generator:
@@ -54,11 +58,9 @@ def replace_concept(phrase: str, concept: str, mode: str = "first") -> str:
     return phrase.replace(concept, PLACEHOLDER_PROMPT, 1 if mode == "first" else -1)
 
 
-def phrase_pool(concepts: Sequence[str], phrases: Mapping[str, Sequence[str]] | None) -> list[tuple[str, str]]:
-    """(phrase, concept) pairs of an image's usable concepts, in concept order (official pooling)."""
-    if not phrases:
-        return []
-    return [(p, c) for c in concepts if c in phrases for p in phrases[c]]
+def phrase_pool(concepts: Sequence[str], phrases: Mapping[str, Sequence[str]] | None) -> PhrasePool:
+    """(phrase, concept) pairs of an image's usable concepts, in concept order (official pooling), as a sequence."""
+    return PhrasePool(concepts, phrases)
 
 
 @dataclass
@@ -68,10 +70,10 @@ class ImagePlan:
     init: torch.Tensor  # [d]
     templates: torch.Tensor  # [steps] template index per step
     phrases: torch.Tensor  # [steps] index into ``pool`` per step (-1 when the pool is empty)
-    pool: list[tuple[str, str]]
+    pool: Sequence[tuple[str, str]]
 
 
-def plan_image(image_id: str, seed: int, dim: int, n_templates: int, pool: list[tuple[str, str]],
+def plan_image(image_id: str, seed: int, dim: int, n_templates: int, pool: Sequence[tuple[str, str]],
                cfg: OTIConfig) -> ImagePlan:
     g = image_generator(seed, image_id)
     init = torch.randn(dim, generator=g) * cfg.init_std
@@ -93,10 +95,43 @@ def _cos_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
+class FastContext:
+    """What the fast path keeps for a whole run: the text tower, the template table, token and phrase caches."""
+
+    def __init__(self, backbone: Backbone, templates: Sequence[str], template_tokens: torch.Tensor | None = None,
+                 compile: bool | str = False, tokenizer_workers: int = 0):
+        if template_tokens is None:
+            template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
+        self.tower = FastTextTower(backbone, compile=compile)
+        self.templates = TokenTable(backbone, template_tokens)
+        self.tokens = TokenCache(backbone.tokenizer, workers=tokenizer_workers)
+        self.plain = FeatureCache(self.tower, self.tokens)
+
+    def close(self) -> None:
+        self.tokens.close()
+
+
+def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """The distinct (phrase, concept) pairs the batch draws, and each image's per-step row among them."""
+    slot: dict[tuple[str, str], int] = {}
+    rows = []
+    for p in plans:
+        if not p.pool:
+            rows.append(torch.zeros(len(p.phrases), dtype=torch.long))
+            continue
+        uniq, inv = torch.unique(p.phrases, return_inverse=True)
+        ids = [slot.setdefault(p.pool[j], len(slot)) for j in uniq.tolist()]
+        rows.append(torch.tensor(ids, dtype=torch.long)[inv])
+    return list(slot), torch.stack(rows)
+
+
 def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[ImagePlan], templates: list[str],
-                 cfg: OTIConfig, template_tokens: torch.Tensor | None = None,
-                 progress: bool = False) -> dict[str, torch.Tensor]:
-    """Invert one batch of images; returns ``tokens``, ``ema_tokens`` ([B, d], float32, CPU) and ``loss`` ([B])."""
+                 cfg: OTIConfig, template_tokens: torch.Tensor | None = None, progress: bool = False,
+                 fast_context: FastContext | None = None) -> dict[str, torch.Tensor]:
+    """Invert one batch of images; returns ``tokens``, ``ema_tokens`` ([B, d], float32, CPU) and ``loss`` ([B]).
+
+    ``fast_context``: the fast path's run-wide state (``run_oti`` passes one; made here when absent).
+    """
     dev = backbone.device
     fast = cfg.mode == "fast"
     if cfg.mode not in ("fast", "reference"):
@@ -113,32 +148,30 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
     t_idx = torch.stack([p.templates for p in plans])  # [B, steps]
     has_phrase = torch.tensor([bool(p.pool) for p in plans], device=dev)
     weight_gpt = cfg.lambda_gpt * has_phrase.float()
-    if fast:
-        if template_tokens is None:
-            template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
-        template_tokens = template_tokens.to(dev)
-        if use_gpt:  # encode every phrase this batch will ever draw once, instead of every step
-            used = {(i, int(j)) for i, p in enumerate(plans) for j in p.phrases.unique() if j >= 0}
-            keys = sorted({plans[i].pool[j] for i, j in used})
-            slot = {k: n for n, k in enumerate(keys)}
-            u_idx = torch.stack([torch.tensor([slot[p.pool[j]] if j >= 0 else 0 for j in p.phrases.tolist()])
-                                 for p in plans]).to(dev)
-            pseudo_tokens = backbone.tokenize([replace_concept(p, c) for p, c in keys]).to(dev)
+    if fast:  # every step's rows and truncation length are known before the loop: no host work per step
+        ctx = fast_context or FastContext(backbone, templates, template_tokens)
+        t_len = ctx.templates.step_lengths(t_idx)
+        t_rows = t_idx.T.contiguous().to(dev)  # [steps, B]
+        if use_gpt:
+            keys, u_idx = _phrase_rows(plans)
+            p_table = TokenTable(backbone, ctx.tokens.stack([replace_concept(p, c) for p, c in keys]))
+            p_len = p_table.step_lengths(u_idx)
+            p_rows = u_idx.T.contiguous().to(dev)
             with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                plain = encode_texts(backbone, [p for p, _ in keys], batch_size=1024).to(dev)
+                plain = ctx.plain.get([p for p, _ in keys])  # each plain phrase encoded once per run
     last = torch.zeros(B, device=dev)
     for step in tqdm(range(cfg.steps), disable=not progress, desc="OTI steps", leave=False):
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             if fast:
-                t_tok = template_tokens[t_idx[:, step].to(dev)]
+                l_cos = _cos_loss(ctx.tower(ctx.templates, t_rows[step], t_len[step], v), f_img)
             else:  # official cost: build and tokenize the strings every step, full context length
                 t_tok = backbone.tokenize([templates[int(j)].format(PLACEHOLDER_PROMPT) for j in t_idx[:, step]])
-            l_cos = _cos_loss(encode_tokens(backbone, t_tok, v, truncate_batch=fast), f_img)
+                l_cos = _cos_loss(encode_tokens(backbone, t_tok, v, truncate_batch=False), f_img)
             loss_rows = cfg.lambda_cos * l_cos
             if use_gpt:
                 if fast:
-                    rows = u_idx[:, step]
-                    target, p_tok = plain[rows], pseudo_tokens[rows]
+                    rows = p_rows[step]
+                    l_gpt = _cos_loss(ctx.tower(p_table, rows, p_len[step], v), plain[rows])
                 else:
                     picked = [p.pool[int(p.phrases[step])] if p.pool else _any_phrase(plans)
                               for p in plans]
@@ -146,7 +179,7 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
                     with torch.no_grad():
                         target = encode_tokens(backbone, backbone.tokenize([p for p, _ in picked]),
                                                truncate_batch=False)
-                l_gpt = _cos_loss(encode_tokens(backbone, p_tok, v, truncate_batch=fast), target)
+                    l_gpt = _cos_loss(encode_tokens(backbone, p_tok, v, truncate_batch=False), target)
                 loss_rows = loss_rows + weight_gpt * l_gpt
             loss_rows = loss_rows / (cfg.lambda_cos + cfg.lambda_gpt)
             loss = loss_rows.sum() / cfg.loss_batch
@@ -157,6 +190,8 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
         with torch.no_grad():
             ema.mul_(cfg.ema_decay).add_(v.detach(), alpha=1 - cfg.ema_decay)
         last = loss_rows.detach()
+    if fast and fast_context is None:
+        ctx.close()
     return {"tokens": v.detach().float().cpu(), "ema_tokens": ema.float().cpu(), "loss": last.float().cpu()}
 
 
@@ -180,18 +215,33 @@ class OTIResult:
 def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor,
             image_concepts: Mapping[str, Sequence[str]] | None, phrases: Mapping[str, Sequence[str]] | None,
             templates: Sequence[str], cfg: OTIConfig, *, seed: int = 42, out_dir: str | Path | None = None,
-            config_hash: str = "", force_restart: bool = False, progress: bool = True) -> OTIResult:
+            config_hash: str = "", force_restart: bool = False, progress: bool = True,
+            compile: bool | str | None = None, tokenizer_workers: int | None = None) -> OTIResult:
     """Invert every image; with ``out_dir``, results go to resumable chunks and merge to ``oti_tokens.safetensors``.
+
+    Under ``torchrun`` (an initialised ``torch.distributed`` group) each process inverts its share of the chunks
+    (chunk k on rank k mod world size); every rank returns the merged result, rank 0 writes the merged file.
+    Without ``out_dir`` the shares are all-gathered instead of merged through files.
 
     Args:
         image_features: raw CLIP image features, row i for ``ids[i]``.
         image_concepts: image id -> ranked concept names (top-250 CSV rows); its first ``cfg.top_k_concepts``
             (stripped, deduplicated) are used. ``None``: no GPT regularisation.
         phrases: usable concept -> phrases (the official filtering already applied). ``None``: no regularisation.
+        compile: fast path only: ``torch.compile`` the text tower (True, or a mode such as "max-autotune");
+            default ``cfg.compile`` when the config has it, else off. Results equal the eager path's to rounding.
+        tokenizer_workers: fast path: processes that tokenize new phrases (default: 0 on CPU, where the cores
+            are busy with the model; up to 8 on CUDA).
     """
     ids = list(ids)
     templates = list(templates)
     template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
+    if compile is None:
+        compile = getattr(cfg, "compile", False)
+    if tokenizer_workers is None:
+        tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" else 0
+    ctx = FastContext(backbone, templates, template_tokens, compile, tokenizer_workers) \
+        if cfg.mode == "fast" else None
     feats = {i: image_features[n] for n, i in enumerate(ids)}
 
     def plans_for(chunk_ids: Sequence[str]) -> list[ImagePlan]:
@@ -212,37 +262,47 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         for b in range(0, len(chunk_ids), cfg.batch_size):
             batch = chunk_ids[b:b + cfg.batch_size]
             parts.append(invert_batch(backbone, torch.stack([feats[i] for i in batch]), plans_for(batch),
-                                      templates, cfg, template_tokens))
+                                      templates, cfg, template_tokens, fast_context=ctx))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    if out_dir is None:
-        res = {k: [] for k in ("tokens", "ema_tokens", "loss")}
-        bar = tqdm(total=len(ids), disable=not progress, desc="OTI images")
-        for b in range(0, len(ids), cfg.batch_size):
-            r = invert(ids[b:b + cfg.batch_size])
-            for k in res:
-                res[k].append(r[k])
-            bar.update(len(r["loss"]))
+    try:
+        return _run(ids, invert, cfg, out_dir, config_hash, force_restart, progress)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _run(ids: list[str], invert, cfg: OTIConfig, out_dir: str | Path | None, config_hash: str,
+         force_restart: bool, progress: bool) -> OTIResult:
+    rank, world = dist_info()
+    if out_dir is None:  # batch j on rank j mod world, all-gathered
+        starts = list(range(0, len(ids), cfg.batch_size))[rank::world]
+        mine = [i for b in starts for i in range(b, min(b + cfg.batch_size, len(ids)))]
+        parts = []
+        bar = tqdm(total=len(mine), disable=not progress, desc="OTI images")
+        for b in starts:
+            parts.append(invert(ids[b:b + cfg.batch_size]))
+            bar.update(len(parts[-1]["loss"]))
         bar.close()
-        return OTIResult(ids, *(torch.cat(res[k]) for k in ("tokens", "ema_tokens", "loss")))
+        local = {k: torch.cat([p[k] for p in parts]) if parts else torch.zeros(0) for k in OTI_KEYS}
+        full = gather_rows(len(ids), mine, local)
+        return OTIResult(ids, *(full[k] for k in OTI_KEYS))
 
     out_dir = Path(out_dir)
     chunk = max(cfg.chunk_images, cfg.batch_size)
     store = ChunkStore.open(out_dir / "chunks", ids, chunk, config_hash, "oti", force_restart)
     todo = list(store.pending())
-    bar = tqdm(total=len(ids), initial=len(ids) - sum(len(store.chunk_ids(k)) for k in todo),
-               disable=not progress, desc="OTI images")
+    bar = tqdm(total=sum(len(store.chunk_ids(k)) for k in todo), disable=not progress, desc="OTI images")
     for k in todo:
         store.write(k, invert(store.chunk_ids(k)))
         bar.update(len(store.chunk_ids(k)))
     bar.close()
-    rank, world = dist_info()
-    if world > 1:
-        torch.distributed.barrier()
+    barrier()
     merged = store.merge()
-    result = OTIResult(ids, merged["tokens"], merged["ema_tokens"], merged["loss"])
+    result = OTIResult(ids, *(merged[k] for k in OTI_KEYS))
     if rank == 0:
         save_oti(result, out_dir / "oti_tokens.safetensors")
+    barrier()
     return result
 
 

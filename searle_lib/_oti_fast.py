@@ -1,0 +1,278 @@
+"""Machinery of the fast OTI path (issue 6): token rows prepared once, a text-tower pass without per-step host work.
+
+Everything here computes exactly what ``text_encoding.encode_tokens`` computes, only cheaper:
+
+- ``TokenCache`` tokenizes each distinct string once per run (the Python BPE costs ~0.1 ms a string; a batch of
+  1,024 images draws ~330,000 phrases), optionally in worker processes, and keeps the rows trimmed to their length.
+- ``TokenTable`` holds a set of prompts on the device with each row's length, placeholder and end-of-text position
+  computed once, so a step only gathers rows: the step's truncation length is known on the host before the loop
+  (no device-to-host sync per step, which also keeps CUDA work queued back to back).
+- ``FastTextTower`` runs open_clip's standard text blocks functionally: causal attention through
+  ``scaled_dot_product_attention(is_causal=True)`` (flash kernels on GPU instead of an additive mask), and in the
+  **last** block only the end-of-text position is computed (the only one pooled; every other position's last-block
+  output is discarded by the official pooling). Towers with other block types fall back to the modules.
+- ``PhrasePool``: an image's phrase pool (15 concepts x 256 phrases) as offsets, not a list of 3,840 pairs.
+
+The results equal the module path up to floating-point summation order (checked in ``tests/test_oti.py``).
+"""
+from __future__ import annotations
+
+import bisect
+import multiprocessing as mp
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone
+from .text_encoding import _pool_type, supports_truncation
+
+
+class PhrasePool(Sequence):
+    """(phrase, concept) pairs of an image's usable concepts in concept order, indexed without building the list."""
+
+    def __init__(self, concepts: Sequence[str], phrases: Mapping[str, Sequence[str]] | None):
+        self.concepts = [c for c in concepts if phrases and c in phrases and len(phrases[c])]
+        self.lists = [phrases[c] for c in self.concepts] if phrases else []
+        self.starts = np.cumsum([0] + [len(p) for p in self.lists]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, j: int) -> tuple[str, str]:
+        j = int(j)
+        if j < 0:
+            j += len(self)
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        k = bisect.bisect_right(self.starts, j) - 1
+        return self.lists[k][j - self.starts[k]], self.concepts[k]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for c, ps in zip(self.concepts, self.lists):
+            for p in ps:
+                yield p, c
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+_WORKER_TOKENIZER: Callable | None = None
+
+
+def _init_worker(tokenizer: Callable) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+    torch.set_num_threads(1)
+
+
+def _tokenize_trimmed(texts: list[str]) -> list[np.ndarray]:
+    return _trim(_WORKER_TOKENIZER(texts))
+
+
+def _trim(tokens: torch.Tensor) -> list[np.ndarray]:
+    arr = tokens.numpy().astype(np.int32)
+    lengths = (arr != 0).cumsum(1).argmax(1) + 1  # last non-padding position + 1
+    return [row[:n].copy() for row, n in zip(arr, lengths)]
+
+
+class TokenCache:
+    """Token rows of strings, each tokenized once (trimmed int32 arrays); ``workers`` > 1 uses processes."""
+
+    def __init__(self, tokenizer: Callable, workers: int = 0, parallel_from: int = 20_000):
+        self.tokenizer = tokenizer
+        self.rows: dict[str, np.ndarray] = {}
+        self.workers = workers
+        self.parallel_from = parallel_from
+        self._pool = None
+
+    def _map(self, texts: list[str]) -> list[np.ndarray]:
+        if self.workers > 1 and len(texts) >= self.parallel_from:
+            if self._pool is None:  # fork: the children never touch CUDA (as DataLoader workers on Linux)
+                self._pool = mp.get_context("fork").Pool(self.workers, _init_worker, (self.tokenizer,))
+            size = max(256, len(texts) // (4 * self.workers))
+            parts = self._pool.map(_tokenize_trimmed, [texts[i:i + size] for i in range(0, len(texts), size)])
+            return [r for part in parts for r in part]
+        return [r for i in range(0, len(texts), 4096) for r in _trim(self.tokenizer(texts[i:i + 4096]))]
+
+    def ensure(self, texts: Sequence[str]) -> None:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if missing:
+            self.rows.update(zip(missing, self._map(missing)))
+
+    def stack(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[N, longest]`` int64 token ids of ``texts``, zero-padded (open_clip's padding)."""
+        self.ensure(texts)
+        rows = [self.rows[t] for t in texts]
+        out = np.zeros((len(rows), max((len(r) for r in rows), default=1)), dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class TokenTable:
+    """Prompts on the device, with per-row length, placeholder and pooling positions known on the host."""
+
+    def __init__(self, backbone: Backbone, tokens: torch.Tensor, placeholder: bool = True):
+        t = backbone.text
+        tokens = tokens.long()
+        lengths = ((tokens != 0).long().cumsum(1).argmax(1) + 1).clamp(min=1)
+        if placeholder:
+            is_ph = tokens == backbone.placeholder_id
+            if not bool(is_ph.any(1).all()):
+                bad = int((~is_ph.any(1)).nonzero()[0])
+                raise ValueError(f"prompt {bad} has no placeholder token (id {backbone.placeholder_id}); write "
+                                 "' $ ' where the pseudo-word goes")
+            self.ph = is_ph.int().argmax(1)
+        else:
+            self.ph = None
+        pool = _pool_type(t)
+        if pool == "eos":
+            eot = (tokens == getattr(t, "eos_id", getattr(t, "text_eos_id", None))).int().argmax(1)
+        else:  # argmax pooling (OpenAI CLIP: end-of-text has the largest id)
+            eot = tokens.argmax(1)
+        self.truncatable = supports_truncation(backbone)
+        self.host_lengths = lengths if self.truncatable else torch.full_like(lengths, backbone.context_length)
+        if not self.truncatable:  # pad to the full context: the module path sees exactly the official input
+            tokens = F.pad(tokens, (0, backbone.context_length - tokens.shape[1]))
+        dev = backbone.device
+        self.tokens = tokens.to(dev)
+        self.eot = eot.to(dev)
+        self.ph = None if self.ph is None else self.ph.to(dev)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def step_lengths(self, rows: torch.Tensor) -> list[int]:
+        """Truncation length of each step, for ``rows`` = [B, steps] host indices into the table."""
+        return self.host_lengths[rows].max(0).values.tolist()
+
+
+def _standard_block(blk: nn.Module) -> bool:
+    attn = getattr(blk, "attn", None)
+    return (type(blk).__name__ == "ResidualAttentionBlock" and isinstance(attn, nn.MultiheadAttention)
+            and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
+            and not hasattr(blk, "ln_1_kv") and all(hasattr(blk, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    B, L, D = x.shape
+    return x.view(B, L, heads, D // heads).transpose(1, 2)
+
+
+def _block(blk: nn.Module, x: torch.Tensor, eot: torch.Tensor | None) -> torch.Tensor:
+    """One ``ResidualAttentionBlock`` as open_clip computes it; with ``eot``: only the rows' end-of-text outputs."""
+    attn = blk.attn
+    B, L, D = x.shape
+    H = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    h = blk.ln_1(x)
+    if eot is None:
+        q, k, v = F.linear(h, w, b).chunk(3, dim=-1)
+        o = F.scaled_dot_product_attention(_split_heads(q, H), _split_heads(k, H), _split_heads(v, H),
+                                           is_causal=True)
+        o = o.transpose(1, 2).reshape(B, L, D)
+        x = x + blk.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    rows = torch.arange(B, device=x.device)
+    k, v = F.linear(h, w[D:], None if b is None else b[D:]).chunk(2, dim=-1)
+    q = F.linear(h[rows, eot], w[:D], None if b is None else b[:D]).view(B, 1, H, D // H).transpose(1, 2)
+    keep = (torch.arange(L, device=x.device) <= eot[:, None]).view(B, 1, 1, L)
+    o = F.scaled_dot_product_attention(q, _split_heads(k, H), _split_heads(v, H), attn_mask=keep)
+    xe = x[rows, eot] + blk.ls_1(F.linear(o.reshape(B, D), attn.out_proj.weight, attn.out_proj.bias))
+    return xe + blk.ls_2(blk.mlp(blk.ln_2(xe)))
+
+
+class FastTextTower:
+    """Pooled text features of ``TokenTable`` rows, the pseudo-token injected at the placeholder (see module doc)."""
+
+    def __init__(self, backbone: Backbone, compile: bool | str = False):
+        t = backbone.text
+        if getattr(t, "cls_emb", None) is not None or not hasattr(t, "token_embedding"):
+            raise NotImplementedError(f"{backbone.name}: pseudo-word injection needs an OpenAI-style text tower")
+        self.backbone, self.t = backbone, t
+        tr = t.transformer
+        self.cast = tr.get_cast_dtype() if hasattr(tr, "get_cast_dtype") else torch.float32
+        self.functional = supports_truncation(backbone) and all(_standard_block(b) for b in tr.resblocks)
+        self._core = self._core_impl
+        if compile:
+            mode = None if compile is True else str(compile)
+            self._core = torch.compile(self._core_impl, dynamic=True, mode=mode)
+
+    def _core_impl(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        t = self.t
+        rows = torch.arange(x.shape[0], device=x.device)
+        if self.functional:
+            blocks = t.transformer.resblocks
+            for blk in blocks[:-1]:
+                x = _block(blk, x, None)
+            x = _block(blocks[-1], x, eot)
+        else:  # other block types: the modules themselves, with the additive causal mask
+            L = x.shape[1]
+            mask = getattr(t, "attn_mask", None)
+            x = t.transformer(x, attn_mask=None if mask is None else mask[:L, :L])[rows, eot]
+        x = t.ln_final(x)  # per position, so pooling first is exact
+        proj = t.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x
+
+    def __call__(self, table: TokenTable, rows: torch.Tensor, length: int,
+                 pseudo_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of ``table`` rows ``rows`` (device index tensor) cut to ``length`` positions."""
+        t = self.t
+        tokens = table.tokens[rows, :length]
+        x = t.token_embedding(tokens).to(self.cast)
+        if pseudo_tokens is not None:
+            first = (torch.arange(length, device=x.device) == table.ph[rows][:, None]).unsqueeze(-1)
+            x = torch.where(first, pseudo_tokens.to(x.dtype).unsqueeze(1), x)
+        x = x + t.positional_embedding[:length].to(self.cast)
+        return self._core(x, table.eot[rows])
+
+    @torch.no_grad()
+    def encode_all(self, table: TokenTable, batch_size: int = 1024) -> torch.Tensor:
+        """Features of every row of a placeholder-free table, in length-sorted batches (no pseudo-token)."""
+        n = len(table)
+        dev = table.tokens.device
+        order = torch.argsort(table.host_lengths, descending=True)
+        out = None
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            f = self(table, idx.to(dev), int(table.host_lengths[idx].max()))
+            if out is None:
+                out = torch.empty(n, f.shape[-1], dtype=f.dtype, device=dev)
+            out[idx.to(dev)] = f
+        return out if out is not None else torch.zeros(0, self.backbone.feature_dim, device=dev)
+
+
+class FeatureCache:
+    """Plain-phrase features kept across the batches of a run (they never depend on the pseudo-token)."""
+
+    def __init__(self, tower: FastTextTower, tokens: TokenCache, max_rows: int = 2_000_000):
+        self.tower, self.tokens, self.max_rows = tower, tokens, max_rows
+        self.index: dict[str, int] = {}
+        self.feats: torch.Tensor | None = None
+
+    def get(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[N, d]`` features of ``texts`` (on the tower's device), computing only the ones not seen yet."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self.index))
+        if len(self.index) + len(missing) > self.max_rows:  # full: start over with this batch's phrases
+            self.index, self.feats = {}, None
+            missing = list(dict.fromkeys(texts))
+        if missing:
+            table = TokenTable(self.tower.backbone, self.tokens.stack(missing), placeholder=False)
+            new = self.tower.encode_all(table)
+            self.index.update({t: len(self.index) + i for i, t in enumerate(missing)})
+            self.feats = new if self.feats is None else torch.cat([self.feats, new])
+        return self.feats[torch.tensor([self.index[t] for t in texts], device=self.feats.device)]

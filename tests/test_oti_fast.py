@@ -1,0 +1,88 @@
+"""The fast OTI machinery (issue 6) computes what ``text_encoding`` computes: same features, same gradients."""
+import pytest
+import torch
+
+from searle_lib._oti_fast import FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable
+from searle_lib.text_encoding import encode_texts, encode_tokens
+
+PROMPTS = ["a photo of a  $ ", " $ ", "We see a  $  in this image", "a photo of  $  that is detailed and shows it up"]
+PLAIN = ["a photo of a red circle", "circle", "We see a blue square in this image today", "x"]
+
+
+@pytest.fixture(scope="module")
+def tower(micro_backbone):
+    return FastTextTower(micro_backbone)
+
+
+def test_tower_is_functional_for_open_clip_blocks(tower):
+    assert tower.functional
+
+
+@pytest.mark.parametrize("functional", [True, False])
+def test_features_and_gradients_equal_the_module_path(micro_backbone, tower, functional):
+    b = micro_backbone
+    tower.functional = functional
+    try:
+        table = TokenTable(b, b.tokenize(PROMPTS))
+        rows = torch.tensor([2, 0, 3, 0, 1])
+        length = table.step_lengths(rows[:, None])[0]
+        v1 = torch.randn(len(rows), b.token_dim, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        v2 = v1.detach().clone().requires_grad_()
+        fast = tower(table, rows, length, v1)
+        ref = encode_tokens(b, b.tokenize([PROMPTS[i] for i in rows]), v2, truncate_batch=False)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+        target = torch.randn_like(ref)
+        (fast * target).sum().backward()
+        (ref * target).sum().backward()
+        torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)
+    finally:
+        tower.functional = True
+
+
+def test_step_lengths_are_each_steps_longest_prompt(micro_backbone):
+    table = TokenTable(micro_backbone, micro_backbone.tokenize(PROMPTS))
+    lengths = table.host_lengths.tolist()
+    rows = torch.tensor([[0, 1], [2, 1]])  # [images, steps]
+    assert table.step_lengths(rows) == [max(lengths[0], lengths[2]), lengths[1]]
+
+
+def test_prompt_without_placeholder_is_refused(micro_backbone):
+    with pytest.raises(ValueError, match="no placeholder"):
+        TokenTable(micro_backbone, micro_backbone.tokenize(["a photo of a cat"]))
+
+
+def test_plain_features_equal_encode_texts(micro_backbone, tower):
+    cache = FeatureCache(tower, TokenCache(micro_backbone.tokenizer))
+    got = cache.get(PLAIN + PLAIN[:2])
+    torch.testing.assert_close(got[:4], encode_texts(micro_backbone, PLAIN), rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[4:], got[:2]) and len(cache.index) == 4
+
+
+def test_feature_cache_starts_over_when_full(micro_backbone, tower):
+    cache = FeatureCache(tower, TokenCache(micro_backbone.tokenizer), max_rows=3)
+    cache.get(PLAIN[:3])
+    got = cache.get(PLAIN[2:])
+    assert set(cache.index) == set(PLAIN[2:])
+    torch.testing.assert_close(got, encode_texts(micro_backbone, PLAIN[2:]), rtol=1e-5, atol=1e-6)
+
+
+def test_token_cache_matches_the_tokenizer_serial_and_in_processes(micro_backbone):
+    texts = [f"a photo of thing number {i} $ here" for i in range(50)] + PLAIN
+    full = micro_backbone.tokenize(texts)
+    for workers in (0, 2):
+        cache = TokenCache(micro_backbone.tokenizer, workers=workers, parallel_from=1)
+        try:
+            got = cache.stack(texts)
+        finally:
+            cache.close()
+        assert torch.equal(got, full[:, :got.shape[1]]) and not full[:, got.shape[1]:].any()
+
+
+def test_phrase_pool_indexes_like_the_list():
+    phrases = {"a": ["a1", "a2"], "b": [], "c": ["c1", "c2", "c3"]}
+    pool = PhrasePool(["c", "x", "a", "b"], phrases)
+    listed = [(p, c) for c in ["c", "x", "a", "b"] if c in phrases for p in phrases[c]]
+    assert len(pool) == len(listed) and [pool[j] for j in range(len(pool))] == listed == list(pool)
+    assert pool[-1] == listed[-1] and not PhrasePool(["x"], phrases) and not PhrasePool(["a"], None)
+    with pytest.raises(IndexError):
+        pool[len(pool)]
