@@ -49,12 +49,23 @@ class Layout:
     def expect_list(self, data: Any, path: Path, what: str) -> list:
         if not isinstance(data, list):
             raise self.error(f"{path} should hold a JSON list of {what}, found {type(data).__name__}")
+        if not data:  # no official annotation file is empty: an empty gallery or split would score nothing
+            raise self.error(f"{path} holds an empty list (no {what}); it is truncated or a placeholder, "
+                             "download it again")
         return data
 
     def expect_dict(self, data: Any, path: Path, what: str) -> dict:
         if not isinstance(data, dict):
             raise self.error(f"{path} should hold a JSON object of {what}, found {type(data).__name__}")
+        if not data:
+            raise self.error(f"{path} holds an empty object (no {what}); it is truncated or a placeholder, "
+                             "download it again")
         return data
+
+    def require_gallery(self, ids: list, where: Path) -> None:
+        """After dropping absent images (``on_missing="drop"``) something must be left to rank."""
+        if not ids:
+            raise self.error(f"none of the gallery images listed in {where} is on disk: the gallery would be empty")
 
     def check_record(self, rec: Any, path: Path, index: int, fields: dict[str, type | tuple[type, ...]]) -> dict:
         """Check that record ``index`` of ``path`` is an object whose ``fields`` have the given types."""

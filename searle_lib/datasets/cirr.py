@@ -88,6 +88,7 @@ def cirr(root: str | Path | None, split: str = "val", *, on_missing: str = "erro
     if missing:
         queries = drop_queries(queries, set(missing))
         ids = [i for i in ids if i not in missing]
+        layout.require_gallery(ids, split_path)
     gallery = ImageSet(tuple(ids), tuple(paths[i] for i in ids), f"cirr/{fsplit}/gallery")
     return CIRSplit(dataset="cirr", split=fsplit, queries=tuple(queries), gallery=gallery,
                     images=ImageSet(gallery.ids, gallery.paths, f"cirr/{fsplit}/images"),

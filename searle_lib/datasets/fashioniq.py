@@ -111,6 +111,7 @@ def _build(root: str | Path | None, split: str, categories: tuple[str, ...], on_
     if missing:
         queries = drop_queries(queries, set(missing))
         gallery = [g for g in gallery if g not in missing]
+        layout.require_gallery(gallery, layout.root / "image_splits")
         used = [u for u in used if u not in missing]
 
     tag = categories[0] if len(categories) == 1 else "all"
