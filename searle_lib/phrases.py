@@ -531,6 +531,10 @@ def generate_phrases(concepts: Sequence[str], cfg: PhrasesConfig, out_path: str 
             if cfg.generator == "none" else ""
         raise PhrasesError(f"unknown phrases.generator {cfg.generator!r}{extra}; valid generators: "
                            f"{', '.join(sorted(PHRASE_GENERATORS))}, none")
+    if cfg.prompt.count("{}") != 1 or "$" in cfg.prompt:
+        raise PhrasesError(f"phrases.prompt={cfg.prompt!r} needs exactly one '{{}}' where the concept goes and no "
+                           "'$' (official: 'a photo of {} that'); without the concept in the phrases the official "
+                           "filter would drop every concept and silently disable the regularisation")
     out_path = Path(out_path)
     concepts = _clean_concepts(concepts)
     gen = PHRASE_GENERATORS[cfg.generator](cfg, device=device, model=model, tokenizer=tokenizer, grammar=grammar)
