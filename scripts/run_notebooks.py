@@ -53,6 +53,9 @@ ROOT_PAGE = "book/intro"
 
 # The notebooks, in the order they run (dependencies permitting). One line per notebook.
 NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("fashioniq", "benchmarks"),
+    Notebook("cirr", "benchmarks"),
+    Notebook("circo", "benchmarks"),
     Notebook("paper_tables", "reproducibility"),
     Notebook("status", "reproducibility", deps=ALL),
     Notebook("performance", "reproducibility"),
