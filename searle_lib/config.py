@@ -111,28 +111,42 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """The embedded procedural world (see ``searle_lib.world``)."""
+    """The embedded procedural world (``searle_lib.world``; layout in ``searle_lib/world/layout.py``)."""
 
-    root: str = "data/embedded"  # where the world is written
-    image_size: int = 64
-    n_pretrain: int = 20000  # (image, caption) pairs for the tiny CLIP
-    n_unlabeled: int = 4000  # unlabeled images (ImageNet analogue) for OTI / phi
-    n_val_queries: int = 300
+    root: str = "data/embedded"  # where the world is written (not part of its hash)
+    image_size: int = 64  # rendered image side, pixels
+    domains: tuple[str, ...] = ("flat", "night")  # visual domains rendered: flat | night | sketch
+    n_pretrain: int = 20000  # (image, captions) pairs for the tiny CLIP, split evenly over the domains
+    captions_per_image: int = 4  # pretraining captions stored per image (one is drawn per epoch)
+    family_size: int = 4  # pretraining scenes come in families: a scene and variants one edit away (1: none)
+    n_unlabeled: int = 4000  # unlabeled images per domain (ImageNet analogue) for OTI / phi
+    n_val_queries: int = 300  # composed queries per domain
     n_test_queries: int = 600
-    n_distractors: int = 2000  # extra gallery images per query split
-    domains: tuple[str, ...] = ("flat", "night")  # visual domains rendered
-    seed: int = 0
+    n_heldout_queries: int = 300  # queries involving held-out (shape, colour) pairs
+    n_distractors: int = 2000  # random extra gallery images per query split and domain
+    gt_per_query: int = 3  # renderings of each target scene in the gallery (one is the designated target)
+    group_size: int = 6  # near-miss group incl. reference and designated target, for Recall_subset (>= 4)
+    # (shape, colour) pairs never shown in pretraining, unlabeled, val or test data, as "<colour> <shape>"
+    heldout_pairs: tuple[str, ...] = ("red star", "blue triangle", "green cross", "yellow diamond")
+    seed: int = 0  # scenes, captions, queries and rendering all derive from it
+    workers: int = 2  # rendering processes (does not change the images; not part of the hash)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Contrastive training of the tiny CLIP on the embedded world's (image, caption) pairs."""
+    """Contrastive training of the tiny CLIP on the embedded world's (image, caption) pairs (``pretrain.py``)."""
 
     epochs: int = 8
     batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.1  # on weights of rank >= 2 only (not on gains, biases or the logit scale)
+    warmup_steps: int = 100  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.05
+    logit_scale_init: float = 2.6593  # log(1 / 0.07), as CLIP
+    hard_negatives: bool = True  # add each caption's stored hard negative (one-edit-away scene) as a candidate text
+    family_batches: bool = True  # keep a family (a scene and its one-edit variants) in one batch: hard negatives
+    out_dir: str = "data/checkpoints"  # where checkpoints are cached (keyed by a config + data hash)
+    eval_size: int = 500  # held-out scenes used by the quality report
 
 
 @dataclass(frozen=True)
