@@ -50,6 +50,8 @@ PARTS = {
     "reproducibility": ("Reproducibility", "book/reproducibility"),
 }
 ROOT_PAGE = "book/intro"
+# Plain pages (no notebook) of a part, placed after its notebooks: part -> page paths without suffix.
+PAGES: dict[str, tuple[str, ...]] = {"reproducibility": ("book/bad_inputs",)}
 
 # The notebooks, in the order they run (dependencies permitting). One line per notebook.
 NOTEBOOKS: tuple[Notebook, ...] = (
@@ -289,6 +291,7 @@ def toc(presets: Sequence[str] = ("embedded",), *, table: Sequence[Notebook] = N
                 chapter["sections"] = [{"file": f"{rel}/{nb.slug}__{p}", "title": f"{nb.slug} ({p})"}
                                        for p in have[1:]]
             chapters.append(chapter)
+        chapters += [{"file": page} for page in PAGES.get(part, ())]
         parts.append({"caption": caption, "numbered": True, "chapters": chapters})
     return {"format": "jb-book", "root": ROOT_PAGE, "parts": parts}
 

@@ -180,7 +180,10 @@ def test_toc_has_every_notebook_once_under_its_part(tmp_path: Path) -> None:
     files = []
     for part, (key, (caption, frame)) in zip(toc["parts"], rn.PARTS.items()):
         assert part["chapters"][0] == {"file": frame} and (REPO / f"{frame}.md").is_file()
-        for chapter in part["chapters"][1:]:
+        pages = [{"file": page} for page in rn.PAGES.get(key, ())]
+        assert all((REPO / f"{page}.md").is_file() for page in rn.PAGES.get(key, ()))
+        assert part["chapters"][len(part["chapters"]) - len(pages):] == pages  # plain pages close the part
+        for chapter in part["chapters"][1:len(part["chapters"]) - len(pages)]:
             slug = chapter["file"].rsplit("/", 1)[1].split("__")[0]
             assert next(nb for nb in table if nb.slug == slug).part == key
             files.append(chapter["file"])
