@@ -1,96 +1,175 @@
 """OTI throughput: the official-cost ``reference`` loop vs our ``fast`` path, same run, same machine.
 
-Random-init weights (they cost the same as trained ones), synthetic image features, the 24 PALAVRA templates when
-``--templates`` is given (else 24 generated ones of similar length), and offline-grammar phrases over 15 concepts
-per image. Prints one JSON object: images/s of each path, the speed-up, and the largest difference between the two
-paths' EMA tokens on the images both inverted (per-image random streams make that comparison exact).
+Random-init weights (they cost the same as trained ones), synthetic image features, the 24 PALAVRA templates
+(``../shared/data/palavra_templates.txt`` when present, else ``--templates``, else 24 of similar length), and
+offline-grammar phrases ("a photo of <concept> that ...", the form of the official GPT phrases), 256 per concept,
+15 concepts per image drawn from ``--concepts``. Both paths use the official settings (lr, EMA, lambda, 350 steps
+unless ``--steps`` scales them down) and the per-image random streams, so the two paths' tokens are compared image
+by image. The paths can alternate ``--rounds`` times (A, B, A, B ...) so that a busy machine slows both alike.
+
+Rates are given per image-step (``image_steps_per_s``) and as images/s at the run's steps and at the official 350
+(``images_per_s_at_350`` = image-steps/s / 350; per-batch set-up such as encoding the drawn phrases grows with the
+steps too). Prints one JSON object and writes ``results/benchmarks/oti-<model>-<device>.json``.
 
     python benchmarks/oti.py --model test-tiny-vit --steps 20 --ref-images 32 --fast-images 256 --fast-batch 256
-    python benchmarks/oti.py --model ViT-B-32 --device cuda --steps 350 --ref-images 32 --fast-images 4096 \
+    python benchmarks/oti.py --model ViT-B-32 --device cuda --steps 350 --ref-images 64 --fast-images 4096 \\
         --fast-batch 1024
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
+import statistics
+import sys
 
 import torch
+
+from _common import PALAVRA_TEMPLATES, Timer, add_out_args, base_record, emit, peak_rss_mib
 
 from searle_lib.backbones import create_backbone
 from searle_lib.config import ModelConfig, OTIConfig
 from searle_lib.oti import run_oti
 from searle_lib.phrases import offline_phrases
 
+OFFICIAL_STEPS = 350
 
-def synthetic_inputs(n: int, dim: int, n_concepts: int = 60, n_phrases: int = 64, seed: int = 0):
+
+def synthetic_inputs(n: int, dim: int, n_concepts: int = 200, n_phrases: int = 256, per_image: int = 15,
+                     seed: int = 0):
+    """``n`` image ids and features, each image's ranked concepts, and phrases per concept."""
     g = torch.Generator().manual_seed(seed)
     words = ["red", "blue", "small", "large", "wooden", "shiny", "old", "striped", "green", "round"]
-    nouns = ["chair", "car", "dog", "lamp", "boat", "tree", "house", "cup", "shoe", "clock"]
-    concepts = [f"{words[i % 10]} {nouns[(i // 10) % 10]}" for i in range(n_concepts)]
+    nouns = ["chair", "car", "dog", "lamp", "boat", "tree", "house", "cup", "shoe", "clock", "bird", "kite"]
+    concepts = [f"{words[i % 10]} {nouns[(i // 10) % 12]}" + (f" {i // 120}" if i >= 120 else "")
+                for i in range(n_concepts)]
     phrases = {c: offline_phrases(c, n_phrases, seed=seed) for c in concepts}
     ids = [f"img{i:07d}" for i in range(n)]
-    ranked = {i: [concepts[int(j)] for j in torch.randperm(n_concepts, generator=g)[:15]] for i in ids}
+    k = min(per_image, n_concepts)
+    ranked = {i: [concepts[int(j)] for j in torch.randperm(n_concepts, generator=g)[:k]] for i in ids}
     return ids, torch.randn(n, dim, generator=g), ranked, phrases
 
 
-def timed(backbone, ids, feats, ranked, phrases, templates, cfg):
-    if backbone.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    res = run_oti(backbone, ids, feats, ranked, phrases, templates, cfg, progress=False)
-    if backbone.device.type == "cuda":
-        torch.cuda.synchronize()
-    return res, time.perf_counter() - t
+def load_templates(path: str | None) -> tuple[list[str], str]:
+    if path or PALAVRA_TEMPLATES.is_file():
+        p = path or PALAVRA_TEMPLATES
+        return [t for t in open(p).read().splitlines() if t.strip()], "PALAVRA (24)"
+    return [f"{p} {{}}{s}" for p in ("This is a photo of a", "A sketch of a", "We see a", "")
+            for s in ("", " in this image", " photo", " illustration", " image", " here")], "generated (24)"
+
+
+def run_path(b, ids, feats, ranked, phrases, templates, cfg, device, **kw):
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with Timer(device) as t:
+        res = run_oti(b, ids, feats, ranked, phrases, templates, cfg, progress=False, **kw)
+    out = {"seconds": t.seconds}
+    if device.startswith("cuda"):
+        out["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return res, out
+
+
+def summarise(name: str, n: int, batch: int, steps: int, runs: list[dict], precision: str) -> dict:
+    secs = [r["seconds"] for r in runs]
+    med = statistics.median(secs)
+    out = {"images": n, "batch": batch, "precision": precision, "seconds_per_round": [round(s, 3) for s in secs],
+           "seconds": round(med, 3), "image_steps_per_s": round(n * steps / med, 2),
+           "images_per_s": round(n / med, 4), "images_per_s_at_350": round(n * steps / med / OFFICIAL_STEPS, 4)}
+    if "cuda_peak_gib" in runs[0]:
+        out["cuda_peak_gib"] = max(r["cuda_peak_gib"] for r in runs)
+    return out
+
+
+def token_diff(a, b, m: int) -> dict:
+    d = (a.ema_tokens[:m] - b.ema_tokens[:m]).abs().max().item()
+    return {"images_compared": m, "max_abs_token_diff": d,
+            "max_rel_token_diff": d / max(a.ema_tokens[:m].abs().max().item(), 1e-30)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="test-tiny-vit")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=350)
+    ap.add_argument("--steps", type=int, default=OFFICIAL_STEPS)
     ap.add_argument("--ref-images", type=int, default=32)
     ap.add_argument("--ref-batch", type=int, default=32)
     ap.add_argument("--fast-images", type=int, default=256)
     ap.add_argument("--fast-batch", type=int, default=256)
-    ap.add_argument("--templates", default=None, help="PALAVRA template file (one per line)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate reference and fast this many times")
+    ap.add_argument("--concepts", type=int, default=200, help="concept vocabulary the images draw 15 from")
+    ap.add_argument("--phrases", type=int, default=256, help="phrases per concept (official 256)")
+    ap.add_argument("--templates", default=None, help="template file (one per line); default the PALAVRA 24")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time the fast path without the prefix split (what computing prefixes once saves)")
+    ap.add_argument("--compile", default=None, help="also time the fast path with torch.compile (True or a mode)")
+    ap.add_argument("--check-images", type=int, default=0,
+                    help="CUDA: also compare both paths in fp32 on this many images (exactness without rounding "
+                         "from fp16/bf16)")
+    ap.add_argument("--check-steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
+    add_out_args(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     b = create_backbone(ModelConfig(name=args.model, pretrained=None), args.device)
-    if args.templates:
-        templates = [t for t in open(args.templates).read().splitlines() if t.strip()]
-    else:
-        templates = [f"{p} {{}}{s}" for p in ("This is a photo of a", "A sketch of a", "We see a", "")
-                     for s in ("", " in this image", " photo", " illustration", " image", " here")]
-    n = max(args.ref_images, args.fast_images)
-    ids, feats, ranked, phrases = synthetic_inputs(n, b.feature_dim)
+    templates, template_kind = load_templates(args.templates)
+    n = max(args.ref_images, args.fast_images, args.check_images)
+    ids, feats, ranked, phrases = synthetic_inputs(n, b.feature_dim, args.concepts, args.phrases)
     ref_cfg = OTIConfig(steps=args.steps, batch_size=args.ref_batch, mode="reference")
     fast_cfg = OTIConfig(steps=args.steps, batch_size=args.fast_batch, mode="fast")
-    # warm-up (CUDA context, kernels) on a few images, not timed
-    run_oti(b, ids[:2], feats[:2], ranked, phrases, templates, OTIConfig(steps=2, mode="fast"), progress=False)
-    ref, t_ref = timed(b, ids[:args.ref_images], feats[:args.ref_images], ranked, phrases, templates, ref_cfg)
-    fast, t_fast = timed(b, ids[:args.fast_images], feats[:args.fast_images], ranked, phrases, templates, fast_cfg)
+    for mode in ("reference", "fast"):  # warm-up (CUDA context, kernels), not timed
+        run_oti(b, ids[:2], feats[:2], ranked, phrases, templates, OTIConfig(steps=2, mode=mode), progress=False)
+    sub = lambda k: (b, ids[:k], feats[:k], ranked, phrases, templates)  # noqa: E731
+    timings: dict[str, list] = {"reference": [], "fast": []}
+    results = {}
+    for r in range(args.rounds):
+        for name, k, cfg, kw in (("reference", args.ref_images, ref_cfg, {}),
+                                 ("fast", args.fast_images, fast_cfg, {})):
+            results[name], t = run_path(*sub(k), cfg, args.device, **kw)
+            timings[name].append(t)
+            print(f"round {r}: {name} {t['seconds']:.1f} s", file=sys.stderr)
+    extra = {}
+    if args.ablation:
+        extra["fast_without_prefix_split"] = ("fast", args.fast_images, fast_cfg, {"split_prefix": False})
+    if args.compile:
+        mode = True if args.compile in ("1", "true", "True") else args.compile
+        extra["fast_compiled"] = ("fast", args.fast_images, fast_cfg, {"compile": mode})
+    for name, (_, k, cfg, kw) in extra.items():
+        if "compile" in kw:  # compilation is a one-off cost: time a second run
+            with Timer(args.device) as tc:
+                run_path(*sub(min(k, cfg.batch_size)), cfg, args.device, **kw)
+        results[name], t = run_path(*sub(k), cfg, args.device, **kw)
+        timings[name] = [t]
+        if "compile" in kw:
+            t["first_run_with_compilation_s"] = round(tc.seconds, 1)
+        print(f"{name} {t['seconds']:.1f} s", file=sys.stderr)
+
+    amp = {"reference": "fp16 autocast" if args.device.startswith("cuda") else "fp32",
+           "fast": "bf16 autocast" if args.device.startswith("cuda") else "fp32"}
+    paths = {name: summarise(name, args.ref_images if name == "reference" else args.fast_images,
+                             args.ref_batch if name == "reference" else args.fast_batch, args.steps, ts,
+                             amp["reference" if name == "reference" else "fast"]) for name, ts in timings.items()}
+    for name, ts in timings.items():
+        if "first_run_with_compilation_s" in ts[0]:
+            paths[name]["first_run_with_compilation_s"] = ts[0]["first_run_with_compilation_s"]
+    ref_rate = paths["reference"]["image_steps_per_s"]
     m = min(args.ref_images, args.fast_images)
-    diff = (ref.ema_tokens[:m] - fast.ema_tokens[:m]).abs().max().item()
-    rel = diff / ref.ema_tokens[:m].abs().max().item()
-    out = {
-        "benchmark": "oti", "model": args.model, "weights": "random init", "device": str(b.device),
-        "device_name": torch.cuda.get_device_name(b.device) if b.device.type == "cuda" else platform.processor()
-        or platform.machine(), "threads": torch.get_num_threads(), "steps": args.steps,
-        "reference": {"images": args.ref_images, "batch": args.ref_batch, "seconds": round(t_ref, 3),
-                      "images_per_s": round(args.ref_images / t_ref, 4)},
-        "fast": {"images": args.fast_images, "batch": args.fast_batch, "seconds": round(t_fast, 3),
-                 "images_per_s": round(args.fast_images / t_fast, 4)},
-        "speedup": round((args.fast_images / t_fast) / (args.ref_images / t_ref), 2),
-        "max_abs_token_diff": diff, "max_rel_token_diff": rel, "torch": torch.__version__,
-    }
-    if b.device.type == "cuda":
-        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(b.device) / 2**30, 2)
-    print(json.dumps(out, indent=1))
+    record = base_record(
+        "oti", args.device, model=args.model, weights="random init", steps=args.steps, rounds=args.rounds,
+        templates=template_kind, concepts=args.concepts, phrases_per_concept=args.phrases,
+        scaled_down=args.steps != OFFICIAL_STEPS, **paths,
+        speedup={name: round(p["image_steps_per_s"] / ref_rate, 2) for name, p in paths.items()
+                 if name != "reference"},
+        exactness=token_diff(results["reference"], results["fast"], m),
+        official_h100_images_per_s={"ViT-B-32": 0.46, "ViT-L-14": 0.44}.get(args.model))
+    if args.check_images:  # same precision (fp32) on both paths: what remains is summation order
+        k = args.check_images
+        ref32, _ = run_path(*sub(k), OTIConfig(steps=args.check_steps, batch_size=args.ref_batch,
+                                              mode="reference", precision="fp32"), args.device)
+        fast32, _ = run_path(*sub(k), OTIConfig(steps=args.check_steps, batch_size=args.fast_batch, mode="fast",
+                                               precision="fp32"), args.device)
+        record["exactness_fp32"] = {"steps": args.check_steps, **token_diff(ref32, fast32, k)}
+    record["peak_rss_mib"] = peak_rss_mib()
+    emit(record, f"oti-{args.model}", args.device, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import argparse
 import json
 import math
 import os
-import platform
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as Fn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from searle_lib.provenance import cpu_name  # noqa: E402
 
 
 def _rss_mb(field: str) -> float | None:
@@ -44,16 +47,6 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_features(n: int, dim: int, data: str, seed: int, device: str, centres: torch.Tensor | None = None,
@@ -141,6 +134,9 @@ def main() -> None:
     ap.add_argument("--train-per-list", type=int, default=64, help="k-means training points per IVF cell")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "benchmarks"),
+                    help="folder for retrieval-<device>.json")
+    ap.add_argument("--no-save", action="store_true", help="only print the JSON")
     ap.add_argument("--one", nargs=2, type=int, metavar=("SIZE", "QUERIES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -162,11 +158,21 @@ def main() -> None:
         faiss_version = faiss.__version__
     except ImportError:
         faiss_version = None
-    print(json.dumps({
-        "benchmark": "retrieval", "device": args.device if args.device != "cpu" else f"cpu: {_cpu_name()}",
+    cuda = args.device.startswith("cuda")
+    text = json.dumps({
+        "benchmark": "retrieval", "device": torch.cuda.get_device_name(args.device) if cuda else cpu_name(),
+        "device_type": "cuda" if cuda else "cpu",
         "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
         "torch": torch.__version__, "faiss": faiss_version, "data": args.data,
-        "chunk_size": args.chunk_size, "query_chunk": args.query_chunk, "runs": runs}, indent=1))
+        "chunk_size": args.chunk_size, "query_chunk": args.query_chunk, "runs": runs}, indent=1)
+    print(text)
+    if not args.no_save:
+        slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(args.device).lower()).strip("-") \
+            if cuda else "cpu"
+        path = Path(args.out) / f"retrieval-{slug}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -122,40 +122,70 @@ class TokenCache:
 
 
 class TokenTable:
-    """Prompts on the device, with per-row length, placeholder and pooling positions known on the host."""
+    """Prompts on the device, with per-row length, placeholder and pooling positions known on the host.
 
-    def __init__(self, backbone: Backbone, tokens: torch.Tensor, placeholder: bool = True):
+    With ``split_prefix`` (placeholder prompts of a causal tower), each row is also split at its placeholder into a
+    prefix, which never sees the pseudo-token and so is the same at every step, and the suffix from the
+    placeholder to end-of-text: ``FastTextTower`` computes the prefixes' keys and values once and each step only
+    the suffixes. Rows share a prefix when their tokens before the placeholder agree (the 24 templates have ~10
+    distinct ones, GPT phrases "a photo of <concept> that ..." mostly one).
+    """
+
+    def __init__(self, backbone: Backbone, tokens: torch.Tensor, placeholder: bool = True,
+                 split_prefix: bool = False, max_prefix_elements: int = 1 << 27):
         t = backbone.text
         tokens = tokens.long()
+        n, width = tokens.shape
         lengths = ((tokens != 0).long().cumsum(1).argmax(1) + 1).clamp(min=1)
+        ph = None
         if placeholder:
             is_ph = tokens == backbone.placeholder_id
             if not bool(is_ph.any(1).all()):
                 bad = int((~is_ph.any(1)).nonzero()[0])
                 raise ValueError(f"prompt {bad} has no placeholder token (id {backbone.placeholder_id}); write "
                                  "' $ ' where the pseudo-word goes")
-            self.ph = is_ph.int().argmax(1)
-        else:
-            self.ph = None
+            ph = is_ph.int().argmax(1)
         pool = _pool_type(t)
         if pool == "eos":
             eot = (tokens == getattr(t, "eos_id", getattr(t, "text_eos_id", None))).int().argmax(1)
-        else:  # argmax pooling (OpenAI CLIP: end-of-text has the largest id)
+        elif pool == "argmax":  # OpenAI CLIP: end-of-text has the largest id
             eot = tokens.argmax(1)
+        else:  # "last" / "first" pooling: no truncation, the module path pools itself
+            eot = torch.full((n,), backbone.context_length - 1 if pool == "last" else 0)
         self.truncatable = supports_truncation(backbone)
         self.host_lengths = lengths if self.truncatable else torch.full_like(lengths, backbone.context_length)
         if not self.truncatable:  # pad to the full context: the module path sees exactly the official input
-            tokens = F.pad(tokens, (0, backbone.context_length - tokens.shape[1]))
+            tokens = F.pad(tokens, (0, backbone.context_length - width))
         dev = backbone.device
         self.tokens = tokens.to(dev)
         self.eot = eot.to(dev)
-        self.ph = None if self.ph is None else self.ph.to(dev)
+        self.ph = None if ph is None else ph.to(dev)
+        self.split = bool(split_prefix and ph is not None and self.truncatable and n)
+        self.kv: dict = {}  # prefix keys/values per autocast dtype, filled by FastTextTower
+        if self.split:
+            p_max = int(ph.max())
+            cols = torch.arange(p_max)
+            prefixes = torch.where(cols < ph[:, None], tokens[:, :p_max], 0)
+            uniq, pid = torch.unique(prefixes, dim=0, return_inverse=True)
+            layers = len(t.transformer.resblocks)
+            if uniq.numel() * layers * 2 * t.transformer.width > max_prefix_elements:
+                self.split = False  # too many distinct prefixes to keep their keys and values
+        if self.split:
+            self.prefixes = uniq.to(dev)  # [P, p_max], zero-padded after each prefix
+            self.pid = pid.to(dev)
+            self.plen = ph.to(dev)  # prefix length = placeholder position
+            self.host_lengths = eot - ph + 1  # suffix lengths: placeholder .. end-of-text
+            s_max = int(self.host_lengths.max())
+            idx = (ph[:, None] + torch.arange(s_max)).clamp(max=width - 1)
+            suffix = torch.where(torch.arange(s_max) < self.host_lengths[:, None], tokens.gather(1, idx), 0)
+            self.suffix = suffix.to(dev)  # [N, s_max]: the placeholder at column 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def step_lengths(self, rows: torch.Tensor) -> list[int]:
-        """Truncation length of each step, for ``rows`` = [B, steps] host indices into the table."""
+        """Positions computed at each step (the longest prompt, or suffix when split), for ``rows`` = [B, steps]
+        host indices into the table."""
         return self.host_lengths[rows].max(0).values.tolist()
 
 
@@ -194,6 +224,28 @@ def _block(blk: nn.Module, x: torch.Tensor, eot: torch.Tensor | None) -> torch.T
     return xe + blk.ls_2(blk.mlp(blk.ln_2(xe)))
 
 
+def _split_block(blk: nn.Module, x: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, keep: torch.Tensor,
+                 eot: torch.Tensor | None) -> torch.Tensor:
+    """``_block`` on suffix positions only, attending to cached prefix keys/values ``[B, H, P, hd]`` and to the
+    suffix causally; ``keep`` [B, 1, S, P + S] says which keys each position sees."""
+    attn = blk.attn
+    B, S, D = x.shape
+    H = attn.num_heads
+    h = blk.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    k = torch.cat([k_pre, _split_heads(k, H)], dim=2)
+    v = torch.cat([v_pre, _split_heads(v, H)], dim=2)
+    if eot is None:
+        o = F.scaled_dot_product_attention(_split_heads(q, H), k, v, attn_mask=keep)
+        x = x + blk.ls_1(F.linear(o.transpose(1, 2).reshape(B, S, D), attn.out_proj.weight, attn.out_proj.bias))
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    rows = torch.arange(B, device=x.device)
+    q = q[rows, eot].view(B, 1, H, D // H).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[rows, :, eot].unsqueeze(2))
+    xe = x[rows, eot] + blk.ls_1(F.linear(o.reshape(B, D), attn.out_proj.weight, attn.out_proj.bias))
+    return xe + blk.ls_2(blk.mlp(blk.ln_2(xe)))
+
+
 class FastTextTower:
     """Pooled text features of ``TokenTable`` rows, the pseudo-token injected at the placeholder (see module doc)."""
 
@@ -205,10 +257,11 @@ class FastTextTower:
         tr = t.transformer
         self.cast = tr.get_cast_dtype() if hasattr(tr, "get_cast_dtype") else torch.float32
         self.functional = supports_truncation(backbone) and all(_standard_block(b) for b in tr.resblocks)
-        self._core = self._core_impl
+        self._core, self._split_core = self._core_impl, self._split_core_impl
         if compile:
             mode = None if compile is True else str(compile)
             self._core = torch.compile(self._core_impl, dynamic=True, mode=mode)
+            self._split_core = torch.compile(self._split_core_impl, dynamic=True, mode=mode)
 
     def _core_impl(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         t = self.t
@@ -222,15 +275,70 @@ class FastTextTower:
             L = x.shape[1]
             mask = getattr(t, "attn_mask", None)
             x = t.transformer(x, attn_mask=None if mask is None else mask[:L, :L])[rows, eot]
-        x = t.ln_final(x)  # per position, so pooling first is exact
-        proj = t.text_projection
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.t.ln_final(x)  # per position, so pooling first is exact
+        proj = self.t.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
+    def _split_core_impl(self, x: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], pid: torch.Tensor,
+                         keep: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        blocks = self.t.transformer.resblocks
+        for n, blk in enumerate(blocks):
+            k_pre, v_pre = kv[n]
+            x = _split_block(blk, x, k_pre[pid], v_pre[pid], keep, eot if n == len(blocks) - 1 else None)
+        return self._head(x)
+
+    @torch.no_grad()
+    def _prefix_kv(self, table: TokenTable) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of every distinct prefix at every block (computed once per autocast dtype)."""
+        dev = table.prefixes.device
+        key = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+        if key not in table.kv:
+            t = self.t
+            x = t.token_embedding(table.prefixes).to(self.cast)
+            x = x + t.positional_embedding[:x.shape[1]].to(self.cast)
+            out = []
+            blocks = t.transformer.resblocks
+            for n, blk in enumerate(blocks):
+                attn, D = blk.attn, x.shape[-1]
+                b = attn.in_proj_bias
+                k, v = F.linear(blk.ln_1(x), attn.in_proj_weight[D:], None if b is None else b[D:]).chunk(2, -1)
+                out.append((_split_heads(k, attn.num_heads), _split_heads(v, attn.num_heads)))
+                if n < len(blocks) - 1:
+                    x = _block(blk, x, None)
+            table.kv[key] = out
+        return table.kv[key]
+
+    def _split_call(self, table: TokenTable, rows: torch.Tensor, length: int,
+                    pseudo_tokens: torch.Tensor | None) -> torch.Tensor:
+        t = self.t
+        dev = table.suffix.device
+        x = t.token_embedding(table.suffix[rows, :length]).to(self.cast)
+        if pseudo_tokens is not None:  # the placeholder is the suffix's first token
+            first = (torch.arange(length, device=dev) == 0).view(1, length, 1)
+            x = torch.where(first, pseudo_tokens.to(x.dtype).unsqueeze(1), x)
+        ph = table.ph[rows]
+        pos = (ph[:, None] + torch.arange(length, device=dev)).clamp(max=t.positional_embedding.shape[0] - 1)
+        x = x + t.positional_embedding[pos].to(self.cast)
+        kv = self._prefix_kv(table)
+        p_max = table.prefixes.shape[1]
+        see_prefix = (torch.arange(p_max, device=dev) < table.plen[rows][:, None]).unsqueeze(1)  # [B, 1, P]
+        causal = torch.ones(length, length, dtype=torch.bool, device=dev).tril()
+        keep = torch.cat([see_prefix.expand(-1, length, -1), causal.expand(len(rows), -1, -1)], dim=2).unsqueeze(1)
+        return self._split_core(x, kv, table.pid[rows], keep, table.eot[rows] - ph)
+
     def __call__(self, table: TokenTable, rows: torch.Tensor, length: int,
                  pseudo_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Features of ``table`` rows ``rows`` (device index tensor) cut to ``length`` positions."""
+        """Features of ``table`` rows ``rows`` (device index tensor); ``length``: positions to compute (from
+        ``table.step_lengths``: the rows' longest prompt, or longest suffix for a split table)."""
+        if table.split:
+            if not self.functional:
+                raise ValueError("a prefix-split TokenTable needs a tower with open_clip's standard blocks")
+            return self._split_call(table, rows, length, pseudo_tokens)
         t = self.t
         tokens = table.tokens[rows, :length]
         x = t.token_embedding(tokens).to(self.cast)
@@ -257,12 +365,20 @@ class FastTextTower:
 
 
 class FeatureCache:
-    """Plain-phrase features kept across the batches of a run (they never depend on the pseudo-token)."""
+    """Plain-phrase features kept across batches (they never depend on the pseudo-token).
+
+    ``run_oti`` clears it at each chunk: a feature computed beside other phrases can differ in the last bit
+    from the same feature computed beside others, so a cache spanning chunks would make a resumed or sharded run
+    differ (by rounding) from an uninterrupted one; per chunk, they are bit-identical.
+    """
 
     def __init__(self, tower: FastTextTower, tokens: TokenCache, max_rows: int = 2_000_000):
         self.tower, self.tokens, self.max_rows = tower, tokens, max_rows
         self.index: dict[str, int] = {}
         self.feats: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self.index, self.feats = {}, None
 
     def get(self, texts: Sequence[str]) -> torch.Tensor:
         """``[N, d]`` features of ``texts`` (on the tower's device), computing only the ones not seen yet."""

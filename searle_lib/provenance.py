@@ -344,6 +344,15 @@ def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
+def _index_lists(value: Any) -> Any:
+    """Lists become dicts keyed by position, recursively, so that the scalars inside them flatten."""
+    if isinstance(value, Mapping):
+        return {k: _index_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return {str(i): _index_lists(v) for i, v in enumerate(value)}
+    return value
+
+
 def collect_benchmarks(bench_dir: str | Path) -> pd.DataFrame:
     """Every scalar in every ``*.json`` under ``bench_dir`` (nested keys dotted): columns file, device, key, value.
 
@@ -358,7 +367,7 @@ def collect_benchmarks(bench_dir: str | Path) -> pd.DataFrame:
             raise ValueError(f"benchmark file {path} is not valid JSON: {e}") from e
         if not isinstance(data, Mapping):
             continue
-        flat = _flatten(data)
+        flat = _flatten(_index_lists(data))  # lists (e.g. one entry per gallery size) as runs.0.gallery, ...
         device = flat.get("device.name", flat.get("device", ""))
         rows += [{"file": path.relative_to(bench_dir).as_posix(), "device": str(device), "key": k, "value": v}
                  for k, v in flat.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]

@@ -86,3 +86,23 @@ def test_phrase_pool_indexes_like_the_list():
     assert pool[-1] == listed[-1] and not PhrasePool(["x"], phrases) and not PhrasePool(["a"], None)
     with pytest.raises(IndexError):
         pool[len(pool)]
+
+
+@pytest.mark.parametrize("with_grad", [True, False])
+def test_prefix_split_equals_the_module_path(micro_backbone, tower, with_grad):
+    b = micro_backbone
+    prompts = PROMPTS + ["a photo of a  $  again", "a photo of  $  that sits"]  # shared and distinct prefixes
+    table = TokenTable(b, b.tokenize(prompts), split_prefix=True)
+    assert table.split and table.prefixes.shape[0] == 4  # "a photo of a", "", "We see a", "a photo of"
+    rows = torch.tensor([2, 0, 3, 0, 1, 4, 5])
+    length = table.step_lengths(rows[:, None])[0]
+    v1 = torch.randn(len(rows), b.token_dim, generator=torch.Generator().manual_seed(0)).requires_grad_(with_grad)
+    v2 = v1.detach().clone().requires_grad_(with_grad)
+    fast = tower(table, rows, length, v1)
+    ref = encode_tokens(b, b.tokenize([prompts[i] for i in rows]), v2, truncate_batch=False)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    if with_grad:
+        target = torch.randn_like(ref)
+        (fast * target).sum().backward()
+        (ref * target).sum().backward()
+        torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)

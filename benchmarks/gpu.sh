@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every GPU figure of the performance chapter in one command, sized for a ~10-minute session on one H100:
+#
+#   bash benchmarks/gpu.sh                 # writes results/benchmarks/*-cuda-<gpu>.json
+#   QUICK=1 bash benchmarks/gpu.sh         # a 1-minute smoke run of the same steps (files go to $OUT_DIR)
+#   DEVICE=cpu QUICK=1 OUT_DIR=/tmp/b EXTRA="--threads 1" bash benchmarks/gpu.sh   # the same on a CPU, to check it
+#
+# ViT-B/32 and ViT-L/14 with random weights (they cost what trained weights cost), in order of importance:
+#   1. OTI, reference vs fast in the same run: the official-cost loop (batch 32, fp16 autocast, 350 steps, one
+#      batch) against the fast path (batch 1024, bf16 autocast, 350 steps), plus an fp32 comparison of both paths
+#      on 64 images x 50 steps (token differences without fp16/bf16 rounding). Goal (issue 6): >= 46 images/s
+#      (ViT-B/32) and >= 22 images/s (ViT-L/14), i.e. 100x / 50x the official loop's 0.46 / 0.44 on an H100.
+#   2. phi training steps/s (batch 256, fp16 autocast), with and without the GPT-phrase loss.
+#   3. Feature extraction images/s (synthetic 500x375 JPEGs, batch 256, 0 vs 8 loader workers).
+#   4. Retrieval queries/s, exact top-50 at 10k / 123k / 1M gallery images (torch on the GPU) and FAISS IVF.
+#   With COMPILE=1, one more ViT-B/32 OTI run times the fast path under torch.compile (mode reduce-overhead:
+#   CUDA graphs), after a first untimed run that compiles (minutes).
+# A step that fails is reported and the next one runs; the exit status says whether any failed.
+# Expected time on one H100: about 3 + 3.5 + 1 + 1 + 1 minutes (the reference OTI batches dominate).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+DEVICE=${DEVICE:-cuda}
+OUT_DIR=${OUT_DIR:-results/benchmarks}
+QUICK=${QUICK:-0}
+EXTRA=${EXTRA:-}  # appended to every benchmark command (e.g. --threads 1 on a busy CPU)
+LIMIT=${LIMIT:-1}  # multiplies every step's time limit (a CPU check of the script needs more)
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+failed=()
+
+if [ "$DEVICE" != cpu ]; then
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" \
+    || exit 1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+
+if [ "$QUICK" = 1 ]; then
+  STEPS=3; REF=4; FAST_B32=16; FAST_L14=8; FAST_BATCH=8; CHECK=4; CHECK_STEPS=3
+  PHI_STEPS=2; FEAT=16; FEAT_BATCH=8; SIZES="2000 5000"; QUERIES="20 20"; WORKERS="0 2"
+else
+  STEPS=350; REF=32; FAST_B32=2048; FAST_L14=1024; FAST_BATCH=1024; CHECK=64; CHECK_STEPS=50
+  PHI_STEPS=50; FEAT=2048; FEAT_BATCH=256; SIZES="10000 123403 1000000"; QUERIES="1000 1000 1000"; WORKERS="0 8"
+fi
+
+run() {  # run <label> <timeout seconds> <command...>
+  local label=$1 limit=$2; shift 2
+  echo "=== $label: $*" >&2
+  local t0=$SECONDS
+  # shellcheck disable=SC2086
+  if ! timeout "$((limit * LIMIT))" "$@" $EXTRA; then
+    echo "!!! $label FAILED (or ran past $((limit * LIMIT))s)" >&2
+    failed+=("$label")
+  fi
+  echo "=== $label took $((SECONDS - t0)) s" >&2
+}
+
+for model in ViT-B-32 ViT-L-14; do
+  fast=$FAST_B32; [ "$model" = ViT-L-14 ] && fast=$FAST_L14
+  # a few steps first: a fast path that cannot run on this GPU fails here in seconds, not after the reference
+  run "oti-smoke-$model" 300 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps 3 \
+    --ref-images 4 --fast-images 8 --fast-batch 8 --no-save
+  run "oti-$model" 600 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps "$STEPS" \
+    --ref-images "$REF" --ref-batch 32 --fast-images "$fast" --fast-batch "$FAST_BATCH" --concepts 2000 \
+    --check-images "$CHECK" --check-steps "$CHECK_STEPS" --out "$OUT_DIR"
+done
+if [ "${COMPILE:-0}" = 1 ]; then
+  run "oti-compiled-ViT-B-32" 600 "$PY" benchmarks/oti.py --model ViT-B-32 --device "$DEVICE" --steps "$STEPS" \
+    --ref-images "$REF" --ref-batch 32 --fast-images "$FAST_B32" --fast-batch "$FAST_BATCH" --concepts 2000 \
+    --compile reduce-overhead --tag compiled --out "$OUT_DIR"
+fi
+for model in ViT-B-32 ViT-L-14; do
+  run "phi-$model" 300 "$PY" benchmarks/phi.py --model "$model" --device "$DEVICE" --steps "$PHI_STEPS" \
+    --concepts 2000 --out "$OUT_DIR"
+done
+for model in ViT-B-32 ViT-L-14; do
+  # shellcheck disable=SC2086
+  run "features-$model" 300 "$PY" benchmarks/features.py --model "$model" --device "$DEVICE" --images "$FEAT" \
+    --batch "$FEAT_BATCH" --workers $WORKERS --out "$OUT_DIR"
+done
+# shellcheck disable=SC2086
+run retrieval 400 "$PY" benchmarks/retrieval.py --device "$DEVICE" --sizes $SIZES --queries $QUERIES \
+  --out "$OUT_DIR"
+
+ls -l "$OUT_DIR"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi
+echo "all benchmarks done; JSON under $OUT_DIR" >&2

@@ -1,0 +1,46 @@
+"""The benchmark scripts run and write the JSON the performance chapter reads (no timings are checked here)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _run(script: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def test_gpu_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+
+
+@pytest.mark.slow  # three scripts in subprocesses, ~30 s on 2 busy cores
+def test_scripts_write_json_named_by_device(tmp_path):
+    from searle_lib.provenance import collect_benchmarks
+    oti = _run("oti.py", tmp_path, "--model", "test-micro-vit", "--steps", "3", "--ref-images", "3",
+               "--fast-images", "5", "--fast-batch", "4", "--concepts", "20", "--phrases", "8", "--ablation")
+    assert oti["reference"]["images"] == 3 and oti["fast"]["batch"] == 4
+    assert set(oti["speedup"]) == {"fast", "fast_without_prefix_split"}
+    assert oti["exactness"]["images_compared"] == 3 and oti["exactness"]["max_abs_token_diff"] < 1e-5
+    assert oti["device"]["type"] == "cpu" and oti["device"]["name"]
+    phi = _run("phi.py", tmp_path, "--model", "test-micro-vit", "--steps", "2", "--batch", "8",
+               "--concepts", "20", "--phrases", "8")
+    assert phi["with_gpt"]["steps"] == 2 and phi["without_gpt"]["lambda_gpt"] == 0
+    feats = _run("features.py", tmp_path, "--model", "test-micro-vit", "--images", "6", "--batch", "4",
+                 "--workers", "0", "1")
+    assert feats["workers_1"]["same_features_as_first"]
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == ["features-test-micro-vit-cpu.json", "oti-test-micro-vit-cpu.json",
+                     "phi-test-micro-vit-cpu.json"]
+    table = collect_benchmarks(tmp_path)
+    assert set(table["file"]) == set(names) and (table["device"] != "").all()
+    assert table["key"].str.endswith("per_s").sum() >= 8

@@ -1,0 +1,51 @@
+"""Performance-chapter tables from benchmark JSON: one row per run, ratios never mixed across devices."""
+import json
+
+from searle_lib import performance
+from searle_lib.provenance import collect_benchmarks
+
+
+def _oti(model, kind, name, fast_rate, speedup):
+    return {"benchmark": "oti", "device": {"type": kind, "name": name}, "model": model, "steps": 350,
+            "reference": {"batch": 32, "images_per_s_at_350": fast_rate / speedup},
+            "fast": {"batch": 1024, "images_per_s_at_350": fast_rate}, "speedup": {"fast": speedup},
+            "exactness": {"max_abs_token_diff": 1e-8}}
+
+
+def _write(folder, name, data):
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_tables_and_gpu_goal(tmp_path):
+    _write(tmp_path, "oti-ViT-B-32-cpu.json", _oti("ViT-B-32", "cpu", "AMD EPYC", 0.05, 12.0))
+    _write(tmp_path, "oti-ViT-B-32-cuda-h100.json", _oti("ViT-B-32", "cuda", "NVIDIA H100", 50.0, 110.0))
+    _write(tmp_path, "oti-ViT-L-14-cuda-h100.json", _oti("ViT-L-14", "cuda", "NVIDIA H100", 20.0, 45.0))
+    _write(tmp_path, "phi-ViT-B-32-cpu.json", {"benchmark": "phi", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32",
+                                               "without_gpt": {"steps_per_s": 9.0}, "with_gpt": {"steps_per_s": 1.0}})
+    _write(tmp_path, "features-ViT-B-32-cpu.json", {"benchmark": "features", "device": {"name": "AMD EPYC"},
+                                                    "model": "ViT-B-32", "workers_0": {"images_per_s": 10.0},
+                                                    "workers_2": {"images_per_s": 15.0}})
+    _write(tmp_path, "retrieval-cpu.json", {"benchmark": "retrieval", "device": "AMD EPYC", "runs": [
+        {"gallery": 10000, "exact_queries_per_s": 800.0, "faiss": {"queries_per_s": 5000.0,
+                                                                   "recall_at_50_vs_exact": 0.9}},
+        {"gallery": 123403, "exact_queries_per_s": 80.0}]})
+    t = performance.tables(collect_benchmarks(tmp_path))
+    oti = t["oti"].set_index("device")
+    assert oti.loc["AMD EPYC", "speed-up"] == 12.0 and oti["goal images/s (H100)"].isna().sum() == 1
+    gpu = t["oti"][t["oti"]["device"] == "NVIDIA H100"].set_index("model")
+    assert gpu.loc["ViT-B-32", "goal images/s (H100)"] == 46.0 and bool(gpu.loc["ViT-B-32", "goal met"])
+    assert gpu.loc["ViT-L-14", "goal images/s (H100)"] == 22.0 and not bool(gpu.loc["ViT-L-14", "goal met"])
+    assert "not met" in performance.gpu_status(t["oti"]) and "50.0 images/s" in performance.gpu_status(t["oti"])
+    assert t["phi"].iloc[0]["steps/s with GPT loss"] == 1.0
+    assert list(t["features"].columns[-2:]) == ["images/s, 0 workers", "images/s, 2 workers"]
+    r = t["retrieval"]
+    assert list(r["gallery"]) == [10000, 123403] and r.iloc[0]["FAISS recall at 50 vs exact"] == 0.9
+
+
+def test_no_files_means_no_gpu_figures(tmp_path):
+    t = performance.tables(collect_benchmarks(tmp_path))
+    assert all(df.empty for df in t.values())
+    assert performance.gpu_status(t["oti"]).startswith("No GPU figures")
+    _write(tmp_path, "oti-test-cpu.json", _oti("test-tiny-vit", "cpu", "AMD EPYC", 1.0, 5.0))
+    t = performance.tables(collect_benchmarks(tmp_path))
+    assert performance.gpu_status(t["oti"]).startswith("No GPU figures") and len(performance.speedup_bars(t["oti"]))
