@@ -106,16 +106,18 @@ def gather_rows(n: int, index: Sequence[int] | torch.Tensor, tensors: Mapping[st
     """
     index = torch.as_tensor(index, dtype=torch.long).cpu()
     local = {k: _cpu(v) for k, v in tensors.items()}
-    if not is_initialized():
-        parts = [(index, local)]
-    else:
-        parts = all_gather_objects((index, local))
+    return _assemble(n, all_gather_objects((index, local)))
+
+
+def _assemble(n: int, parts: list[tuple[torch.Tensor, Mapping[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    for idx, part in parts:
+    # a rank with no rows may send placeholders of any shape: the first non-empty share sets shape and dtype
+    for idx, part in sorted(parts, key=lambda p: len(p[0]) == 0):
         for k, v in part.items():
             if k not in out:
                 out[k] = torch.zeros((n, *v.shape[1:]), dtype=v.dtype)
-            out[k][idx] = v
+            if len(idx):
+                out[k][idx] = v
     return out
 
 

@@ -58,8 +58,11 @@ def _work(root: Path, tag: str) -> dict:
     chunked = run_oti(b, fs.ids, fs.features, ranked, PHRASES, TEMPLATES, cfg, seed=5, out_dir=root / tag / "oti",
                       config_hash="h", progress=False)
     gathered = run_oti(b, fs.ids, fs.features, ranked, PHRASES, TEMPLATES, cfg, seed=5, progress=False)
+    one_batch = run_oti(b, fs.ids, fs.features, ranked, PHRASES, TEMPLATES, OTIConfig(steps=2, batch_size=8),
+                        seed=5, progress=False)  # a single batch: rank 1 has nothing to do
     return {"features": fs.features, "ids": fs.ids, "embs": embs, "top": top, "csv": csv.read_text(),
             "oti_chunked": chunked.ema_tokens, "oti_gathered": gathered.ema_tokens,
+            "oti_one_batch": one_batch.ema_tokens,
             "oti_file": (root / tag / "oti" / "oti_tokens.safetensors").read_bytes()}
 
 
@@ -96,6 +99,12 @@ def test_helpers_on_one_process():
     assert full["x"].flatten().tolist() == [7.0, 0.0, 5.0, 0.0]
 
 
+def test_a_rank_without_rows_does_not_set_the_shape():
+    parts = [(torch.zeros(0, dtype=torch.long), {"x": torch.zeros(0)}),
+             (torch.tensor([1, 0]), {"x": torch.tensor([[1.0, 2.0], [3.0, 4.0]])})]
+    assert distributed._assemble(2, parts)["x"].tolist() == [[3.0, 4.0], [1.0, 2.0]]
+
+
 def test_shards_cover_the_list_once():
     for n in (0, 1, 7, 10):
         for w in (1, 2, 3):
@@ -115,4 +124,5 @@ def test_two_processes_equal_one(runs):
         assert torch.equal(multi["oti_chunked"], single["oti_chunked"])
         assert torch.equal(multi["oti_gathered"], single["oti_gathered"])
         assert torch.equal(multi["oti_gathered"], multi["oti_chunked"])
+        assert torch.equal(multi["oti_one_batch"], single["oti_one_batch"])
         assert multi["oti_file"] == single["oti_file"]  # the merged file, byte for byte
