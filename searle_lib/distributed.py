@@ -124,7 +124,9 @@ def _assemble(n: int, parts: list[tuple[torch.Tensor, Mapping[str, torch.Tensor]
 def main(argv: list[str] | None = None) -> int:
     """``torchrun ... -m searle_lib.distributed <searle command> ...``: the CLI with the process group set up."""
     from .cli import main as cli_main
-    init_from_env()
+    rank_, _ = init_from_env()
+    if rank_ != 0:  # one copy of the command's output; errors (stderr) still come from every rank
+        sys.stdout = open(os.devnull, "w")
     try:
         return cli_main(argv if argv is not None else sys.argv[1:])
     finally:
