@@ -20,7 +20,7 @@ from .chunkstore import list_hash
 from .concepts import (associate, concept_embeddings, fallback_vocabulary, load_templates, load_vocabulary,
                        read_concepts_csv, write_concepts_csv)
 from .config import StudyConfig, apply_overrides
-from .datasets import CIRSplit, ImageSet, load_split, load_unlabeled
+from .datasets import CIRSplit, DatasetError, ImageSet, load_split, load_unlabeled
 from .features import FeatureSet, extract_features
 from .methods import NEEDS_TOKENS, QueryContext, query_features
 from .metrics import SplitScores, score_split
@@ -55,7 +55,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> StudyConfig:
     if cfg.data.dataset == "embedded" and cfg.data.root is None:
         changes["data.root"] = str(world_root(cfg))
     if cfg.model.pretrained is None and cfg.model.checkpoint is None:
-        changes["model.checkpoint"] = str(pretrain_clip(cfg, Path(cfg.run.cache_dir) / "clip", progress=progress))
+        changes["model.checkpoint"] = str(pretrain_clip(cfg, progress=progress))
     return apply_overrides(cfg, changes)
 
 
@@ -154,10 +154,19 @@ class PhiRun:
     n_images: int
 
 
-def phi(cfg: StudyConfig, bb: Backbone, images: ImageSet | None = None, validate_split: CIRSplit | None = None,
-        progress: bool = True, force_restart: bool = False) -> PhiRun:
-    """Train phi on ``images`` (default: the unlabeled set) against their EMA OTI tokens (cached)."""
+def phi(cfg: StudyConfig, bb: Backbone, images: ImageSet | None = None,
+        validate_split: CIRSplit | str | None = "val", progress: bool = True, force_restart: bool = False) -> PhiRun:
+    """Train phi on ``images`` (default: the unlabeled set) against their EMA OTI tokens (cached).
+
+    ``validate_split``: a split, or the name of a split of ``data.dataset``, scored with SEARLE after every epoch
+    (official: CIRR val); "val" is used when that split can be loaded, and validation is skipped otherwise.
+    """
     images = images or unlabeled_images(cfg)
+    if isinstance(validate_split, str):
+        try:
+            validate_split = split(cfg, validate_split)
+        except (DatasetError, TypeError):
+            validate_split = None
     tokens = oti(cfg, bb, images, progress)
     feats = features(cfg, bb, images, skip_bad=True, progress=False)
     by_id = tokens.by_id(ema=True)

@@ -184,3 +184,43 @@ def paired_scatter(data: pd.DataFrame, *, x: str, y: str, label: str, title: str
         ax.set_title(title)
     fig.tight_layout()
     return attach_data(fig, data.reset_index(drop=True))
+
+
+def image_grid(paths: Sequence[str | Path], titles: Sequence[str], *, ncols: int = 6, title: str = "",
+               size: float = 1.9) -> Figure:
+    """Images in a grid with a (wrapped) title under each; the figure's data is the list of paths and titles."""
+    import textwrap
+
+    from PIL import Image
+    use_style()
+    nrows = -(-len(paths) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.5) * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, text in zip(axes.flat, paths, titles):
+        with Image.open(path) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title("\n".join(textwrap.wrap(text, 26)), fontsize=6.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return attach_data(fig, pd.DataFrame({"path": [str(p) for p in paths], "title": list(titles)}))
+
+
+def histograms(data: pd.DataFrame, *, x: str, hue: str | None = None, bins: int = 30, xlabel: str = "",
+               title: str = "") -> Figure:
+    """Overlaid histograms of ``x`` (one per ``hue`` value)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    keys = list(dict.fromkeys(data[hue])) if hue else [None]
+    for key, color in zip(keys, method_colors([str(k) for k in keys])):
+        sub = data if key is None else data[data[hue] == key]
+        ax.hist(sub[x], bins=bins, alpha=0.6, color=color, label=None if key is None else str(key))
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel("count")
+    if hue:
+        ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return attach_data(fig, data.reset_index(drop=True))
