@@ -40,7 +40,7 @@ def list_hash(ids: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     """Flush ``path`` to disk before it is renamed into place (a power cut then leaves the old file or the new)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -52,14 +52,14 @@ def _fsync(path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 

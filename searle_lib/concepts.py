@@ -133,6 +133,8 @@ def write_concepts_csv(path: str | Path, image_ids: Sequence[str], concepts: Seq
         w.writerow(["Image Name", *range(1, top.shape[1] + 1)])
         for name, row in zip(image_ids, top.tolist()):
             w.writerow([name, *(concepts[j] for j in row)])
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file or the new
     os.replace(tmp, path)
     distributed.barrier()
     return path

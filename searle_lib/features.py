@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .chunkstore import ChunkStore, dist_info, list_hash
+from .chunkstore import ChunkStore, dist_info, fsync_file, list_hash
 from .datasets.base import ImageSet
 from .images import ImageDataset, collate_images
 
@@ -163,6 +163,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .chunkstore import ResumeMismatchError
+from .chunkstore import ResumeMismatchError, fsync_file
 from .config import ConfigError, PhiConfig
 from .oti import replace_concept
 from .text_encoding import encode_texts, encode_tokens
@@ -73,6 +73,7 @@ def save_phi(phi: Phi, path: str | Path, **extra) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"Phi": phi.state_dict(), **extra}, tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
     return path
 
