@@ -55,9 +55,19 @@ PAGES: dict[str, tuple[str, ...]] = {"reproducibility": ("book/bad_inputs",)}
 
 # The notebooks, in the order they run (dependencies permitting). One line per notebook.
 NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("world", "method"),
+    Notebook("phrases", "method", deps=("world",)),
+    Notebook("concepts", "method", deps=("world",)),
+    Notebook("oti", "method", deps=("phrases", "concepts")),
+    Notebook("phi", "method", deps=("oti",)),
+    Notebook("embedded", "benchmarks", deps=("phi",)),
     Notebook("fashioniq", "benchmarks"),
     Notebook("cirr", "benchmarks"),
     Notebook("circo", "benchmarks"),
+    Notebook("domain_shift", "open_questions", deps=("phi",)),
+    Notebook("lm_choice", "open_questions", deps=("phi",)),
+    Notebook("pretraining_size", "open_questions", deps=("phi",)),
+    Notebook("backbone", "open_questions", deps=("phi",)),
     Notebook("paper_tables", "reproducibility"),
     Notebook("status", "reproducibility", deps=ALL),
     Notebook("performance", "reproducibility"),

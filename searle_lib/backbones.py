@@ -33,6 +33,9 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import re
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"run.device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

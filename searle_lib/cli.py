@@ -147,10 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import pickle
+
+    from .methods import CaptionTooLongError
+    from .phrases import PhrasesError
+    from .submissions import SubmissionError
     try:
         cfg = _config(args)
         args.fn(args, cfg)
-    except (ConfigError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, PhrasesError, SubmissionError, CaptionTooLongError,
+            pickle.UnpicklingError) as e:
         print(f"searle {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

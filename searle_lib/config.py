@@ -264,7 +264,7 @@ def apply_overrides(cfg: StudyConfig, overrides: Mapping[str, Any], source: str 
 
 
 # Fields for which an explicit None in a preset means "set to None" rather than "keep".
-_NULLABLE_OVERRIDES = {"pretrained"}
+_NULLABLE_OVERRIDES = {"pretrained", "checkpoint"}
 
 
 def load_config(preset: str = "embedded", overrides: Mapping[str, Any] | None = None, **kw: Any) -> StudyConfig:

@@ -155,8 +155,12 @@ class PhiRun:
 
 
 def phi(cfg: StudyConfig, bb: Backbone, images: ImageSet | None = None,
-        validate_split: CIRSplit | str | None = "val", progress: bool = True, force_restart: bool = False) -> PhiRun:
+        validate_split: CIRSplit | str | None = "val", n_train: int | None = None, progress: bool = True,
+        force_restart: bool = False) -> PhiRun:
     """Train phi on ``images`` (default: the unlabeled set) against their EMA OTI tokens (cached).
+
+    ``n_train``: train on the first n images (by name) only; the OTI tokens are those of the whole set (per-image
+    random streams make a token independent of the set it was computed with).
 
     ``validate_split``: a split, or the name of a split of ``data.dataset``, scored with SEARLE after every epoch
     (official: CIRR val); "val" is used when that split can be loaded, and validation is skipped otherwise.
@@ -171,6 +175,8 @@ def phi(cfg: StudyConfig, bb: Backbone, images: ImageSet | None = None,
     feats = features(cfg, bb, images, skip_bad=True, progress=False)
     by_id = tokens.by_id(ema=True)
     ids = [i for i in feats.ids if i in by_id]
+    if n_train is not None:
+        ids = sorted(ids)[:n_train]
     bank = phrases(cfg, progress) if cfg.phi.lambda_gpt > 0 else None
     ranked = image_concepts(cfg, bb, images, feats, progress) if bank else None
     validate = None

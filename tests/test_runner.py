@@ -171,8 +171,8 @@ def _fake_runs(runs_dir: Path, presets: dict[str, tuple[str, ...]]) -> None:
 
 def test_toc_has_every_notebook_once_under_its_part(tmp_path: Path) -> None:
     runs = tmp_path / "book" / "runs"
-    table = rn.NOTEBOOKS + (rn.Notebook("cirr", "benchmarks", presets=("embedded", "tiny", "paper-vitb32")),)
-    _fake_runs(runs, {nb.slug: ("embedded", "tiny") for nb in table} | {"cirr": ("embedded", "tiny", "paper-vitb32")})
+    table = rn.NOTEBOOKS + (rn.Notebook("extra", "benchmarks", presets=("embedded", "tiny", "paper-vitb32")),)
+    _fake_runs(runs, {nb.slug: ("embedded", "tiny") for nb in table} | {"extra": ("embedded", "tiny", "paper-vitb32")})
     toc = rn.toc(("embedded",), table=table, runs_dir=runs, root=tmp_path)
     assert toc["format"] == "jb-book" and (REPO / f"{toc['root']}.md").is_file()
     captions = [part["caption"] for part in toc["parts"]]
@@ -188,7 +188,7 @@ def test_toc_has_every_notebook_once_under_its_part(tmp_path: Path) -> None:
             assert next(nb for nb in table if nb.slug == slug).part == key
             files.append(chapter["file"])
             files += [s["file"] for s in chapter.get("sections", [])]
-    assert sorted(files) == sorted([f"book/runs/{nb.slug}__embedded" for nb in table] + ["book/runs/cirr__paper-vitb32"])
+    assert sorted(files) == sorted([f"book/runs/{nb.slug}__embedded" for nb in table] + ["book/runs/extra__paper-vitb32"])
     tiny = rn.toc(("tiny",), table=table, runs_dir=runs, root=tmp_path, extra_existing=False)
     assert all(f.endswith("__tiny") for f in re.findall(r"book/runs/\S+?(?=')", str(tiny)))
 
