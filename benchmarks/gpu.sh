@@ -13,6 +13,8 @@
 #   2. phi training steps/s (batch 256, fp16 autocast), with and without the GPT-phrase loss.
 #   3. Feature extraction images/s (synthetic 500x375 JPEGs, batch 256, 0 vs 8 loader workers).
 #   4. Retrieval queries/s, exact top-50 at 10k / 123k / 1M gallery images (torch on the GPU) and FAISS IVF.
+#   With NOISE=8, the reference path also reruns 8 images from initial tokens one float32 ulp away (the size of
+#   token differences that rounding alone causes; about a minute more per model).
 #   With COMPILE=1, one more ViT-B/32 OTI run times the fast path under torch.compile (mode reduce-overhead:
 #   CUDA graphs), after a first untimed run that compiles (minutes).
 # A step that fails is reported and the next one runs; the exit status says whether any failed.
@@ -61,7 +63,7 @@ for model in ViT-B-32 ViT-L-14; do
     --ref-images 4 --fast-images 8 --fast-batch 8 --no-save
   run "oti-$model" 600 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps "$STEPS" \
     --ref-images "$REF" --ref-batch 32 --fast-images "$fast" --fast-batch "$FAST_BATCH" --concepts 2000 \
-    --check-images "$CHECK" --check-steps "$CHECK_STEPS" --out "$OUT_DIR"
+    --check-images "$CHECK" --check-steps "$CHECK_STEPS" --noise-images "${NOISE:-0}" --out "$OUT_DIR"
 done
 if [ "${COMPILE:-0}" = 1 ]; then
   run "oti-compiled-ViT-B-32" 600 "$PY" benchmarks/oti.py --model ViT-B-32 --device "$DEVICE" --steps "$STEPS" \

@@ -77,12 +77,16 @@ performance.gpu_status(tables["oti"])
 # with every prompt computed from its first token, to show what computing the prefixes once adds. The token
 # columns compare the two paths' EMA tokens over the images both inverted: the largest absolute difference,
 # the same relative to the largest token element, and the smallest cosine similarity of an image's two tokens.
-# On a CPU both paths run in fp32 and differ only in the order of floating-point sums (the reference path
-# alone gives bit-identical tokens at any batch size); AdamW's update g / (sqrt(v) + eps) is steep where a
-# gradient coordinate is near zero, so in a few coordinates such rounding differences are amplified beyond
-# their usual size of one part in ten million. On a GPU the paths also differ in precision (fp16
-# against bf16); the "fp32" column repeats the comparison with both in fp32. For GPU rows of ViT-B/32 and
-# ViT-L/14, the goal of 100x and 50x the official loop's H100 rate.
+#
+# How large should such differences be? On a CPU both paths run in fp32 and differ only in the order of
+# floating-point sums (the reference path alone gives bit-identical tokens at any batch size). The loop
+# amplifies rounding-size differences: the pseudo-token is small, the text tower's first layer norm divides by
+# its spread, and AdamW rescales every coordinate's step. So each run also repeats the reference path from
+# initial tokens moved by one float32 unit in the last place, the smallest change there is: "reference vs
+# itself nudged by 1 ulp" is how far that moves the tokens, beside the fast path's difference on the same
+# images. On a GPU the paths also differ in precision (fp16 against bf16); the "fp32" column repeats the
+# comparison with both in fp32. For GPU rows of ViT-B/32 and ViT-L/14, the goal of 100x and 50x the official
+# loop's H100 rate.
 
 # %%
 oti = tables["oti"]

@@ -11,14 +11,21 @@ Everything here computes exactly what ``text_encoding.encode_tokens`` computes, 
   ``scaled_dot_product_attention(is_causal=True)`` (flash kernels on GPU instead of an additive mask), and in the
   **last** block only the end-of-text position is computed (the only one pooled; every other position's last-block
   output is discarded by the official pooling). Towers with other block types fall back to the modules.
+- Prefix split: a prompt's tokens before the placeholder never attend to the pseudo-token (causal mask), so their
+  keys and values at every block are the same at every step. ``TokenTable(split_prefix=True)`` groups the rows by
+  prefix, ``FastTextTower`` computes each distinct prefix once and each step runs only the suffix (placeholder to
+  end-of-text), attending to the cached prefix and causally to itself.
+- ``FeatureCache``: plain-phrase features, each computed once per chunk.
 - ``PhrasePool``: an image's phrase pool (15 concepts x 256 phrases) as offsets, not a list of 3,840 pairs.
 
-The results equal the module path up to floating-point summation order (checked in ``tests/test_oti.py``).
+The results equal the module path up to floating-point summation order (``tests/test_oti_fast.py``: features
+and gradients within 1e-6 / 1e-5 relative).
 """
 from __future__ import annotations
 
 import bisect
 import multiprocessing as mp
+import weakref
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -91,8 +98,8 @@ class TokenCache:
 
     def _map(self, texts: list[str]) -> list[np.ndarray]:
         if self.workers > 1 and len(texts) >= self.parallel_from:
-            if self._pool is None:  # fork: the children never touch CUDA (as DataLoader workers on Linux)
-                self._pool = mp.get_context("fork").Pool(self.workers, _init_worker, (self.tokenizer,))
+            if self._pool is None:  # forkserver: clean children, whatever threads or CUDA state this process has
+                self._pool = mp.get_context("forkserver").Pool(self.workers, _init_worker, (self.tokenizer,))
             size = max(256, len(texts) // (4 * self.workers))
             parts = self._pool.map(_tokenize_trimmed, [texts[i:i + size] for i in range(0, len(texts), size)])
             return [r for part in parts for r in part]
@@ -362,6 +369,17 @@ class FastTextTower:
                 out = torch.empty(n, f.shape[-1], dtype=f.dtype, device=dev)
             out[idx.to(dev)] = f
         return out if out is not None else torch.zeros(0, self.backbone.feature_dim, device=dev)
+
+
+_TOWERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def tower_for(backbone: Backbone, compile: bool | str = False) -> FastTextTower:
+    """The ``FastTextTower`` of ``backbone`` (one per model and compile mode, so a compiled one compiles once)."""
+    towers = _TOWERS.setdefault(backbone.model, {})
+    if compile not in towers:
+        towers[compile] = FastTextTower(backbone, compile=compile)
+    return towers[compile]
 
 
 class FeatureCache:

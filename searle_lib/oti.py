@@ -45,7 +45,7 @@ from .backbones import Backbone
 from .chunkstore import ChunkStore, dist_info, save_tensors_atomic
 from .config import OTIConfig
 from .distributed import barrier, gather_rows
-from ._oti_fast import FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable
+from ._oti_fast import FeatureCache, PhrasePool, TokenCache, TokenTable, tower_for
 from .text_encoding import encode_tokens
 
 PLACEHOLDER_PROMPT = " $ "
@@ -108,7 +108,7 @@ class FastContext:
         if template_tokens is None:
             template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
         self.backbone = backbone
-        self.tower = FastTextTower(backbone, compile=compile)
+        self.tower = tower_for(backbone, compile)
         self.split_prefix = split_prefix and self.tower.functional
         self.templates = self.table(template_tokens)
         self.tokens = TokenCache(backbone.tokenizer, workers=tokenizer_workers)

@@ -37,27 +37,51 @@ def _cols(w: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
     return w[list(present)].rename(columns=present).reset_index(drop=True)
 
 
-def oti_table(bench: pd.DataFrame) -> pd.DataFrame:
-    """Reference vs fast OTI per run: rates at the official 350 steps, speed-up, token differences, and for GPU
-    runs of ViT-B/32 and ViT-L/14 the issue's goal (100x / 50x the official loop on an H100)."""
+def _oti_rows(bench: pd.DataFrame) -> pd.DataFrame:
     w = wide(bench)
     w = w[w.get("benchmark") == "oti"].copy() if "benchmark" in w else w.iloc[:0]
+    w["kind"] = _device_kind(w) if len(w) else []
+    return w
+
+
+def oti_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """Reference vs fast OTI per run: rates at the official 350 steps, speed-up, and for GPU runs of ViT-B/32 and
+    ViT-L/14 the issue's goal (100x / 50x the official loop on an H100)."""
+    w = _oti_rows(bench)
     if w.empty:
         return pd.DataFrame()
-    w["kind"] = _device_kind(w)
     t = _cols(w, {"model": "model", "kind": "kind", "device": "device", "steps": "steps run",
                   "reference.batch": "ref batch", "reference.images_per_s_at_350": "ref images/s (350 steps)",
                   "fast.batch": "fast batch", "fast.images_per_s_at_350": "fast images/s (350 steps)",
                   "speedup.fast": "speed-up", "speedup.fast_without_prefix_split": "speed-up without prefix split",
-                  "speedup.fast_compiled": "speed-up compiled",
-                  "exactness.max_abs_token_diff": "max |token diff|",
-                  "exactness_fp32.max_abs_token_diff": "max |token diff| fp32",
+                  "speedup.fast_compiled": "speed-up compiled", "fast.cuda_peak_gib": "fast CUDA peak GiB",
                   "device.load_average_1m_at_start": "load (1 min)"})
     goal = t["model"].map(lambda m: OFFICIAL_H100_IMAGES_PER_S.get(m, float("nan")) * GOAL_FACTOR.get(m, 0))
     on_gpu = t["kind"] == "cuda"
     t["goal images/s (H100)"] = goal.where(on_gpu)
     t["goal met"] = (t["fast images/s (350 steps)"].astype(float) >= goal).where(on_gpu & goal.notna())
     return t.drop(columns="kind")
+
+
+def oti_exactness_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """How far the fast path's EMA tokens are from the reference path's, beside how far the reference path moves
+    when its initial tokens change by one float32 ulp (the size of differences rounding alone causes)."""
+    w = _oti_rows(bench)
+    if w.empty:
+        return pd.DataFrame()
+    nf = "noise_floor.reference_vs_"
+    return _cols(w, {"model": "model", "device": "device", "steps": "steps run",
+                     "exactness.images_compared": "images", "exactness.max_abs_token_diff": "max |diff|",
+                     "exactness.max_rel_token_diff": "max |diff| / max |token|",
+                     "exactness.min_token_cosine": "min cosine",
+                     f"{nf}fast.images_compared": "images (nudge)",
+                     f"{nf}fast.median_image_max_abs_token_diff": "median image max |diff|, fast",
+                     f"{nf}nudged_reference.median_image_max_abs_token_diff":
+                         "median image max |diff|, nudged reference",
+                     f"{nf}fast.max_abs_token_diff": "max |diff|, fast",
+                     f"{nf}nudged_reference.max_abs_token_diff": "max |diff|, nudged reference",
+                     "exactness_fp32.steps": "fp32 check steps",
+                     "exactness_fp32.max_abs_token_diff": "max |diff|, fp32 check"})
 
 
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +121,7 @@ def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(bench: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {"oti": oti_table(bench), "phi": phi_table(bench), "features": features_table(bench),
+    return {"oti": oti_table(bench), "oti_exactness": oti_exactness_table(bench), "phi": phi_table(bench), "features": features_table(bench),
             "retrieval": retrieval_table(bench)}
 
 

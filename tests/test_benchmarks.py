@@ -27,11 +27,13 @@ def test_gpu_script_is_valid_bash():
 def test_scripts_write_json_named_by_device(tmp_path):
     from searle_lib.provenance import collect_benchmarks
     oti = _run("oti.py", tmp_path, "--model", "test-micro-vit", "--steps", "3", "--ref-images", "3",
-               "--fast-images", "5", "--fast-batch", "4", "--concepts", "20", "--phrases", "8", "--ablation")
+               "--fast-images", "5", "--fast-batch", "4", "--concepts", "20", "--phrases", "8", "--ablation",
+               "--noise-images", "2")
     assert oti["reference"]["images"] == 3 and oti["fast"]["batch"] == 4
     assert set(oti["speedup"]) == {"fast", "fast_without_prefix_split"}
     assert oti["exactness"]["images_compared"] == 3 and oti["exactness"]["max_abs_token_diff"] < 1e-5
     assert oti["device"]["type"] == "cpu" and oti["device"]["name"]
+    assert oti["noise_floor"]["reference_vs_nudged_reference"]["images_compared"] == 2
     phi = _run("phi.py", tmp_path, "--model", "test-micro-vit", "--steps", "2", "--batch", "8",
                "--concepts", "20", "--phrases", "8")
     assert phi["with_gpt"]["steps"] == 2 and phi["without_gpt"]["lambda_gpt"] == 0

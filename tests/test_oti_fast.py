@@ -66,6 +66,7 @@ def test_feature_cache_starts_over_when_full(micro_backbone, tower):
     torch.testing.assert_close(got, encode_texts(micro_backbone, PLAIN[2:]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # two worker processes import torch and open_clip (forkserver)
 def test_token_cache_matches_the_tokenizer_serial_and_in_processes(micro_backbone):
     texts = [f"a photo of thing number {i} $ here" for i in range(50)] + PLAIN
     full = micro_backbone.tokenize(texts)
