@@ -39,7 +39,7 @@ from searle_lib import pipeline, plots
 from searle_lib.config import load_config
 from searle_lib.datasets.embedded import load_scenes
 from searle_lib.provenance import save_run
-from searle_lib.world.vocab import concept_holds
+from searle_lib.world.concept_truth import concept_holds
 
 cfg = pipeline.prepare(load_config(preset, {"run.seed": seed, "run.out_dir": out_dir}))
 bb = pipeline.backbone(cfg)
