@@ -38,10 +38,10 @@ fi
 
 if [ "$QUICK" = 1 ]; then
   STEPS=3; REF=4; FAST_B32=16; FAST_L14=8; FAST_BATCH=8; CHECK=4; CHECK_STEPS=3
-  PHI_STEPS=2; FEAT=16; FEAT_BATCH=8; SIZES="2000 5000"; QUERIES="20 20"; WORKERS="0 2"
+  PHI_STEPS=2; PHI_BATCH=32; FEAT=16; FEAT_BATCH=8; SIZES="2000 5000"; QUERIES="20 20"; WORKERS="0 2"
 else
   STEPS=350; REF=32; FAST_B32=2048; FAST_L14=1024; FAST_BATCH=1024; CHECK=64; CHECK_STEPS=50
-  PHI_STEPS=50; FEAT=2048; FEAT_BATCH=256; SIZES="10000 123403 1000000"; QUERIES="1000 1000 1000"; WORKERS="0 8"
+  PHI_STEPS=50; PHI_BATCH=256; FEAT=2048; FEAT_BATCH=256; SIZES="10000 123403 1000000"; QUERIES="1000 1000 1000"; WORKERS="0 8"
 fi
 
 run() {  # run <label> <timeout seconds> <command...>
@@ -72,7 +72,7 @@ if [ "${COMPILE:-0}" = 1 ]; then
 fi
 for model in ViT-B-32 ViT-L-14; do
   run "phi-$model" 300 "$PY" benchmarks/phi.py --model "$model" --device "$DEVICE" --steps "$PHI_STEPS" \
-    --concepts 2000 --out "$OUT_DIR"
+    --batch "$PHI_BATCH" --concepts 2000 --out "$OUT_DIR"
 done
 for model in ViT-B-32 ViT-L-14; do
   # shellcheck disable=SC2086

@@ -43,9 +43,9 @@
 #   <concept> that ..." mostly one), and each step computes only the positions from the placeholder on;
 # - in the last block only the end-of-text position is computed (the only one pooled);
 # - each plain phrase's feature is computed once per run, not every step;
-# - on a GPU: batches of 1,024 images, bf16 autocast, fused AdamW, causal flash attention, phrases tokenized in
-#   worker processes; `torch.compile` is available behind a flag (`run_oti(..., compile=True)`) and off by
-#   default.
+# - on a GPU: batches of 1,024 images, bf16 autocast, fused AdamW, causal flash attention, and the next batch's
+#   phrases tokenized in worker processes while the current batch runs; `torch.compile` is available behind a
+#   flag (`run_oti(..., compile=True)`) and off by default.
 #
 # The CPU figures come from a shared 2-core machine whose other processes kept its load average near 4 (the load
 # is recorded in each file): absolute rates are noisy, and only ratios within one run mean much. The CPU runs

@@ -95,17 +95,40 @@ class TokenCache:
         self.workers = workers
         self.parallel_from = parallel_from
         self._pool = None
+        self._pending: list = []  # (texts, AsyncResult) of prefetches not yet collected
+        self._inflight: set[str] = set()
+
+    def _pool_chunks(self, texts: list[str]):
+        if self._pool is None:  # forkserver: clean children, whatever threads or CUDA state this process has
+            self._pool = mp.get_context("forkserver").Pool(self.workers, _init_worker, (self.tokenizer,))
+        size = max(256, len(texts) // (4 * self.workers))
+        return self._pool, [texts[i:i + size] for i in range(0, len(texts), size)]
 
     def _map(self, texts: list[str]) -> list[np.ndarray]:
         if self.workers > 1 and len(texts) >= self.parallel_from:
-            if self._pool is None:  # forkserver: clean children, whatever threads or CUDA state this process has
-                self._pool = mp.get_context("forkserver").Pool(self.workers, _init_worker, (self.tokenizer,))
-            size = max(256, len(texts) // (4 * self.workers))
-            parts = self._pool.map(_tokenize_trimmed, [texts[i:i + size] for i in range(0, len(texts), size)])
-            return [r for part in parts for r in part]
+            pool, chunks = self._pool_chunks(texts)
+            return [r for part in pool.map(_tokenize_trimmed, chunks) for r in part]
         return [r for i in range(0, len(texts), 4096) for r in _trim(self.tokenizer(texts[i:i + 4096]))]
 
+    def prefetch(self, texts: Sequence[str]) -> None:
+        """Start tokenizing ``texts`` in the worker processes and return at once (no-op without workers): the
+        next batch's phrases are tokenized while the current batch runs on the GPU."""
+        if self.workers <= 1:
+            return
+        missing = [t for t in dict.fromkeys(texts) if t not in self.rows and t not in self._inflight]
+        if len(missing) >= self.parallel_from:
+            pool, chunks = self._pool_chunks(missing)
+            self._pending.append((missing, pool.map_async(_tokenize_trimmed, chunks)))
+            self._inflight.update(missing)
+
+    def _collect(self) -> None:
+        for texts, result in self._pending:
+            self.rows.update(zip(texts, (r for part in result.get() for r in part)))
+        self._pending.clear()
+        self._inflight.clear()
+
     def ensure(self, texts: Sequence[str]) -> None:
+        self._collect()
         missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
         if missing:
             self.rows.update(zip(missing, self._map(missing)))
@@ -123,6 +146,8 @@ class TokenCache:
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
+        self._pending.clear()
+        self._inflight.clear()
 
     def __del__(self) -> None:
         self.close()

@@ -138,10 +138,12 @@ def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.T
 
 def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[ImagePlan], templates: list[str],
                  cfg: OTIConfig, template_tokens: torch.Tensor | None = None, progress: bool = False,
-                 fast_context: FastContext | None = None) -> dict[str, torch.Tensor]:
+                 fast_context: FastContext | None = None,
+                 phrase_rows: tuple[list[tuple[str, str]], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Invert one batch of images; returns ``tokens``, ``ema_tokens`` ([B, d], float32, CPU) and ``loss`` ([B]).
 
     ``fast_context``: the fast path's run-wide state (``run_oti`` passes one; made here when absent).
+    ``phrase_rows``: ``_phrase_rows(plans)`` when the caller already has it.
     """
     dev = backbone.device
     fast = cfg.mode == "fast"
@@ -164,7 +166,7 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
         t_len = ctx.templates.step_lengths(t_idx)
         t_rows = t_idx.T.contiguous().to(dev)  # [steps, B]
         if use_gpt:
-            keys, u_idx = _phrase_rows(plans)
+            keys, u_idx = phrase_rows or _phrase_rows(plans)
             p_table = ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys]))
             p_len = p_table.step_lengths(u_idx)
             p_rows = u_idx.T.contiguous().to(dev)
@@ -242,8 +244,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         phrases: usable concept -> phrases (the official filtering already applied). ``None``: no regularisation.
         compile: fast path only: ``torch.compile`` the text tower (True, or a mode such as "max-autotune");
             default ``cfg.compile`` when the config has it, else off. Results equal the eager path's to rounding.
-        tokenizer_workers: fast path: processes that tokenize new phrases (default: 0 on CPU, where the cores
-            are busy with the model; up to 8 on CUDA).
+        tokenizer_workers: fast path: processes that tokenize new phrases, the next batch's while the current
+            one runs (default: 0 on CPU, where the cores are busy with the model; up to 8 on CUDA).
         split_prefix: fast path: compute each prompt's part before the placeholder once (``_oti_fast``); off only
             to measure what it saves.
     """
@@ -271,14 +273,38 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             out.append(plan_image(i, seed, backbone.token_dim, len(templates), phrase_pool(concepts, phrases), cfg))
         return out
 
-    def invert(chunk_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+    memo: dict[tuple[str, ...], tuple] = {}
+
+    def planned(batch: Sequence[str]) -> tuple[list[ImagePlan], tuple | None]:
+        """Plans of a batch and, for the fast path, its phrase rows (kept for the batch after the current one)."""
+        key = tuple(batch)
+        if key not in memo:
+            plans = plans_for(batch)
+            rows = _phrase_rows(plans) if ctx is not None and cfg.lambda_gpt > 0 and any(p.pool for p in plans) \
+                else None
+            if len(memo) > 2:
+                memo.clear()
+            memo[key] = (plans, rows)
+        return memo[key]
+
+    def prefetch(batch: Sequence[str]) -> None:
+        """Tokenize the next batch's phrases in the worker processes while this batch runs."""
+        if ctx is None or ctx.tokens.workers <= 1 or not batch:
+            return
+        _, rows = planned(batch)
+        if rows is not None:
+            ctx.tokens.prefetch([replace_concept(p, c) for p, c in rows[0]] + [p for p, _ in rows[0]])
+
+    def invert(chunk_ids: Sequence[str], upcoming: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         if ctx is not None:
             ctx.plain.clear()  # per chunk: a resumed or sharded run equals an uninterrupted one bit for bit
         parts = []
         for b in range(0, len(chunk_ids), cfg.batch_size):
             batch = chunk_ids[b:b + cfg.batch_size]
-            parts.append(invert_batch(backbone, torch.stack([feats[i] for i in batch]), plans_for(batch),
-                                      templates, cfg, template_tokens, fast_context=ctx))
+            plans, rows = planned(batch)
+            prefetch(chunk_ids[b + cfg.batch_size:b + 2 * cfg.batch_size] or upcoming[:cfg.batch_size])
+            parts.append(invert_batch(backbone, torch.stack([feats[i] for i in batch]), plans, templates, cfg,
+                                      template_tokens, fast_context=ctx, phrase_rows=rows))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     try:
@@ -296,8 +322,9 @@ def _run(ids: list[str], invert, cfg: OTIConfig, out_dir: str | Path | None, con
         mine = [i for b in starts for i in range(b, min(b + cfg.batch_size, len(ids)))]
         parts = []
         bar = tqdm(total=len(mine), disable=not progress, desc="OTI images")
-        for b in starts:
-            parts.append(invert(ids[b:b + cfg.batch_size]))
+        for j, b in enumerate(starts):
+            upcoming = ids[starts[j + 1]:starts[j + 1] + cfg.batch_size] if j + 1 < len(starts) else ()
+            parts.append(invert(ids[b:b + cfg.batch_size], upcoming))
             bar.update(len(parts[-1]["loss"]))
         bar.close()
         local = {k: torch.cat([p[k] for p in parts]) if parts else torch.zeros(0) for k in OTI_KEYS}
@@ -309,8 +336,8 @@ def _run(ids: list[str], invert, cfg: OTIConfig, out_dir: str | Path | None, con
     store = ChunkStore.open(out_dir / "chunks", ids, chunk, config_hash, "oti", force_restart)
     todo = list(store.pending())
     bar = tqdm(total=sum(len(store.chunk_ids(k)) for k in todo), disable=not progress, desc="OTI images")
-    for k in todo:
-        store.write(k, invert(store.chunk_ids(k)))
+    for j, k in enumerate(todo):
+        store.write(k, invert(store.chunk_ids(k), store.chunk_ids(todo[j + 1]) if j + 1 < len(todo) else ()))
         bar.update(len(store.chunk_ids(k)))
     bar.close()
     barrier()

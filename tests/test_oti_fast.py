@@ -107,3 +107,31 @@ def test_prefix_split_equals_the_module_path(micro_backbone, tower, with_grad):
         (fast * target).sum().backward()
         (ref * target).sum().backward()
         torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # two tokenizer processes (forkserver) start
+def test_run_with_tokenizer_processes_and_prefetch_equals_serial(micro_backbone, monkeypatch):
+    import functools
+
+    import searle_lib.oti as oti
+    from searle_lib.config import OTIConfig
+    phrases = {"red circle": [f"a photo of red circle that is number {i}" for i in range(40)],
+               "blue square": [f"a photo of blue square that sits on {i}" for i in range(40)]}
+    ids = [f"img{i}" for i in range(6)]
+    ranked = {i: ["red circle", "blue square"] for i in ids}
+    feats = torch.randn(len(ids), micro_backbone.feature_dim, generator=torch.Generator().manual_seed(2))
+    cfg = OTIConfig(steps=6, batch_size=2, chunk_images=2)
+    templates = ["a photo of a {}", "{} photo"]
+    serial = oti.run_oti(micro_backbone, ids, feats, ranked, phrases, templates, cfg, progress=False)
+    prefetched = []
+    real_prefetch = TokenCache.prefetch
+
+    def spy(self, texts):
+        prefetched.append(len(texts))
+        return real_prefetch(self, texts)
+    monkeypatch.setattr(TokenCache, "prefetch", spy)
+    monkeypatch.setattr(oti, "TokenCache", functools.partial(TokenCache, parallel_from=1))
+    workers = oti.run_oti(micro_backbone, ids, feats, ranked, phrases, templates, cfg, progress=False,
+                          tokenizer_workers=2)
+    assert len(prefetched) == 2  # batches 2 and 3 were tokenized while the one before ran
+    assert torch.equal(workers.ema_tokens, serial.ema_tokens)
