@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 30 minutes on a busy
+# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 40 minutes on a busy
 # 2-core machine). One torch thread: on a machine whose cores are shared with other work, two OpenMP threads
 # that wait for each other made small kernels several times slower than one thread in our tests.
 # The runs are scaled down from the official 350 OTI steps (rates are per image-step and converted back).
@@ -14,7 +14,7 @@ failed=()
 run() { echo "=== $*" >&2; "$@" --threads 1 --out "$OUT_DIR" > /dev/null || failed+=("$2 $4"); }
 
 run "$PY" benchmarks/oti.py --model test-tiny-vit --steps 20 --ref-images 32 --fast-images 256 --fast-batch 256 \
-  --rounds 3 --ablation --noise-images 32
+  --rounds 3 --ablation --noise-images 32 --compile 1
 run "$PY" benchmarks/oti.py --model ViT-B-32 --steps 5 --ref-images 32 --fast-images 128 --fast-batch 128 \
   --rounds 2 --ablation --noise-images 16
 run "$PY" benchmarks/phi.py --model test-tiny-vit --steps 20

@@ -167,6 +167,8 @@ def main() -> None:
         speedup={name: round(p["image_steps_per_s"] / ref_rate, 2) for name, p in paths.items()
                  if name != "reference"},
         exactness=token_diff(results["reference"], results["fast"], m),
+        exactness_variants={name: token_diff(results["reference"], res, m) for name, res in results.items()
+                            if name not in ("reference", "fast")},
         official_h100_images_per_s={"ViT-B-32": 0.46, "ViT-L-14": 0.44}.get(args.model))
     if args.noise_images:  # the reference against itself from initial tokens one rounding step away
         k = min(args.noise_images, m)
