@@ -81,6 +81,7 @@ class OTIConfig:
     mode: str = "fast"  # "fast" (exact truncation, cached phrase features) or "reference" (official cost)
     chunk_images: int = 160  # images per saved chunk (official: save every 5 batches of 32)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (autocast dtype; auto = fp16 in reference, bf16 in fast on CUDA)
+    compile: bool = False  # torch.compile the fast path's text tower (pays off on CUDA; tokens unchanged)
 
 
 @dataclass(frozen=True)

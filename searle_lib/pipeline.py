@@ -143,7 +143,8 @@ def oti(cfg: StudyConfig, bb: Backbone, images: ImageSet, progress: bool = True,
 
 def _oti_key(cfg: StudyConfig) -> dict:
     """OTI settings that change the tokens; batch size, path, precision and chunking do not (per-image streams)."""
-    return {k: v for k, v in asdict(cfg.oti).items() if k not in ("batch_size", "mode", "chunk_images", "precision")}
+    return {k: v for k, v in asdict(cfg.oti).items() if k not in ("batch_size", "mode", "chunk_images", "precision",
+                                                                  "compile")}
 
 
 @dataclass
