@@ -10,6 +10,16 @@ where L_distil is the symmetric NT-Xent loss (tau 0.25) between phi's outputs an
 L_gpt = 1 - cos(E_T*(phrase with every occurrence of its concept -> " $ ", phi(f_I)), E_T(phrase)) with the concept
 drawn from the image's top-150 concepts. AdamW lr 1e-4, wd 0.01, batch 256 (drop_last), 100 epochs.
 
+Two computations of L_gpt with the same draws and the same numbers up to float rounding (``train_phi(fast=)``):
+- reference: the straightforward one, per step: tokenize the step's phrases and prompts with the Python BPE,
+  encode the new plain phrases, run the " $ " prompts through the text modules.
+- fast (default): an epoch's draws are made before its first step (the same generator calls in the same order;
+  nothing else reads that generator), then the fast OTI machinery (``_oti_fast``) is reused: each string is
+  tokenized once per run, the epoch's distinct prompts sit in one ``TokenTable`` split at the placeholder (each
+  distinct prefix before it, which never sees phi's token, is computed once per epoch), the epoch's distinct plain
+  phrases are encoded once, and a step runs only placeholder..end-of-text of its longest prompt (exact: the tower
+  is causal and pools at end-of-text), the last block only at end-of-text.
+
 Deliberate deviation: the official code redraws the whole batch of concepts until none is a filtered-out concept;
 we draw each image's concept among its usable ones directly. Both give each image a uniform draw over its usable
 concepts, independently of the other images (conditioning a product distribution on a product event).
@@ -30,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._oti_fast import FeatureCache, TokenCache, TokenTable, tower_for
 from .backbones import Backbone
 from .chunkstore import ResumeMismatchError, fsync_file
 from .config import ConfigError, PhiConfig
@@ -122,6 +133,111 @@ class PhraseFeatureCache:
         return torch.stack([self.feats[p] for p in phrases])
 
 
+def _draw(idx: torch.Tensor, usable: Sequence[Sequence[str]], phrases: Mapping[str, Sequence[str]],
+          gen: torch.Generator) -> tuple[list[int], list[tuple[str, str]]]:
+    """One step's L_gpt draws: the batch positions of the images with usable concepts and, for each in batch
+    order, a (phrase, concept): first the concept, then one of its phrases, uniformly from ``gen``."""
+    sel, picks = [], []
+    for k, i in enumerate(idx.tolist()):
+        cs = usable[i]
+        if cs:
+            c = cs[int(torch.randint(len(cs), (1,), generator=gen))]
+            ps = phrases[c]
+            picks.append((ps[int(torch.randint(len(ps), (1,), generator=gen))], c))
+            sel.append(k)
+    return sel, picks
+
+
+def _epoch_draws(n: int, batch_size: int, gen: torch.Generator, usable: Sequence[Sequence[str]] | None,
+                 phrases: Mapping[str, Sequence[str]] | None) -> tuple[list[torch.Tensor], list | None]:
+    """An epoch's shuffled batches (drop_last) and, with ``usable``, every step's ``_draw`` in step order."""
+    order = torch.randperm(n, generator=gen)
+    batches = [order[s * batch_size:(s + 1) * batch_size] for s in range(n // batch_size)]
+    return batches, None if usable is None else [_draw(idx, usable, phrases, gen) for idx in batches]
+
+
+@dataclass
+class _GptStep:
+    sel: torch.Tensor  # batch positions of the images with a draw
+    rows: torch.Tensor  # their prompts' rows in the epoch's TokenTable
+    length: int  # positions the step computes (its longest suffix, or prompt when not split)
+    plain: torch.Tensor  # their plain phrases' rows in the epoch's features
+
+
+class FastGpt:
+    """L_gpt's inputs for the fast path (see the module docstring), prepared once per epoch.
+
+    Whatever depends in its last bits on what it was batched with (plain features, prefix keys and values) is
+    computed from the epoch's draws alone, in first-draw order: a run resumed at any epoch computes bit for bit
+    what an uninterrupted run computes. Token rows are exact whatever the batch, so they are kept across epochs
+    (up to ``max_token_rows`` strings, then started over); with ``workers`` > 1 they are made in worker processes,
+    the next epoch's while this one trains (``prefetch``).
+    """
+
+    def __init__(self, backbone: Backbone, workers: int = 0, max_token_rows: int = 2_000_000,
+                 parallel_from: int = 20_000):
+        self.backbone = backbone
+        self.tower = tower_for(backbone)
+        self.tokens = TokenCache(backbone.tokenizer, workers=workers, parallel_from=parallel_from)
+        self.plain = FeatureCache(self.tower, self.tokens)
+        self.max_token_rows = max_token_rows
+        self.table: TokenTable | None = None
+        self.feats: torch.Tensor | None = None
+
+    @staticmethod
+    def _strings(draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> tuple[dict[str, int], dict[str, int]]:
+        """The distinct prompts (every occurrence of the concept -> " $ ") and plain phrases, in first-draw order."""
+        prompts: dict[str, int] = {}
+        plain: dict[str, int] = {}
+        for _, picks in draws:
+            for p, c in picks:
+                prompts.setdefault(replace_concept(p, c, "all"), len(prompts))
+                plain.setdefault(p, len(plain))
+        return prompts, plain
+
+    def prefetch(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> None:
+        """Start tokenizing a coming epoch's strings in the worker processes (no-op without workers)."""
+        prompts, plain = self._strings(draws)
+        self.tokens.prefetch(list(prompts) + list(plain))
+
+    def prepare(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> list[_GptStep | None]:
+        """Tokenize and encode what the epoch's ``draws`` (one ``_draw`` per step) need; one entry per step
+        (``None``: no image of the step has a usable concept). Call under the training autocast."""
+        if len(self.tokens.rows) > self.max_token_rows:
+            self.tokens.rows.clear()
+        self.plain.clear()  # per epoch, see the class docstring
+        self.table = self.feats = None
+        prompts, plain = self._strings(draws)
+        if not prompts:
+            return [None] * len(draws)
+        self.tokens.ensure(list(prompts) + list(plain))
+        tokens = self.tokens.stack(list(prompts))
+        missing = ~(tokens == self.backbone.placeholder_id).any(1)
+        if bool(missing.any()):
+            bad = list(prompts)[int(missing.nonzero()[0])]
+            raise ValueError(f"the GPT-loss prompt {bad!r} has no placeholder token (id "
+                             f"{self.backbone.placeholder_id}): its concept does not occur in its phrase (or only "
+                             "past the text context)")
+        self.table = TokenTable(self.backbone, tokens, split_prefix=self.tower.functional)
+        self.feats = self.plain.get(list(plain))
+        dev = self.table.tokens.device
+        steps = []
+        for sel, picks in draws:
+            r = [prompts[replace_concept(p, c, "all")] for p, c in picks]
+            steps.append(_GptStep(torch.tensor(sel, device=dev), torch.tensor(r, device=dev),
+                                  int(self.table.host_lengths[r].max()),
+                                  torch.tensor([plain[p] for p, _ in picks], device=dev)) if r else None)
+        return steps
+
+    def close(self) -> None:
+        self.tokens.close()
+
+    def loss(self, step: _GptStep, pred: torch.Tensor) -> torch.Tensor:
+        """Mean of 1 - cos(E_T*(prompt, phi token), E_T(phrase)) over the step's draws."""
+        out = self.tower(self.table, step.rows, step.length, pred[step.sel])
+        return (1 - F.cosine_similarity(out.float(), self.feats[step.plain].float(), dim=-1)).mean()
+
+
 @dataclass
 class PhiHistory:
     epochs: list[dict] = field(default_factory=list)  # one row per epoch: losses, validation metrics
@@ -186,7 +302,8 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
               image_concepts: Sequence[Sequence[str]] | None, phrases: Mapping[str, Sequence[str]] | None,
               cfg: PhiConfig, *, seed: int = 42, out_dir: str | Path | None = None,
               validate: Callable[[Phi], dict] | None = None, force_restart: bool = False,
-              progress: bool = True) -> tuple[Phi, PhiHistory]:
+              progress: bool = True, fast: bool = True,
+              tokenizer_workers: int | None = None) -> tuple[Phi, PhiHistory]:
     """Distil phi from OTI tokens.
 
     Args:
@@ -199,6 +316,12 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
             CPU); one of another run raises ``ResumeMismatchError``.
         force_restart: delete ``out_dir/checkpoints`` of an earlier run and start over.
         validate: called with phi in eval mode after an epoch; returns metrics (official: CIRR val).
+        fast: L_gpt through ``FastGpt`` (default) or the per-step reference computation (module docstring). Same
+            draws, same numbers up to float rounding (``tests/test_phi.py``); a resumed run is bit-identical to
+            an uninterrupted one when both use the same setting.
+        tokenizer_workers: fast path: processes that tokenize new phrases, the next epoch's while the current one
+            trains (default: 0 on CPU, where the cores are busy with the model; up to 8 on CUDA). Tokens are
+            exact either way.
     """
     dev = backbone.device
     torch.manual_seed(seed)
@@ -241,59 +364,73 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
         if cfg.select == "val":
             best = _restore_best(ckpt_dir, history.epochs)
     features, targets = features.float(), targets.float()
-    for epoch in range(start, cfg.epochs):
-        # A phrase's feature depends in its last bits on the batch it was encoded in, so the cache starts empty
-        # every epoch: a run resumed at any epoch then computes exactly what an uninterrupted run computes.
-        cache = PhraseFeatureCache(backbone)
-        phi.train()
-        order = torch.randperm(n, generator=gen)
-        sums = {"loss": 0.0, "distil": 0.0, "gpt": 0.0}
-        steps = n // cfg.batch_size
-        for s in tqdm(range(steps), disable=not progress, desc=f"phi epoch {epoch}", leave=False):
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                pred = phi(features[idx].to(dev))
-                l_distil = nt_xent(pred, targets[idx].to(dev), cfg.tau)
-                loss = cfg.lambda_distil * l_distil
-                l_gpt = torch.zeros((), device=dev)
-                if usable is not None:
-                    rows = [int(i) for i in idx if usable[int(i)]]
-                    if rows:
-                        picks = []
-                        for i in rows:
-                            c = usable[i][int(torch.randint(len(usable[i]), (1,), generator=gen))]
-                            ps = phrases[c]
-                            picks.append((ps[int(torch.randint(len(ps), (1,), generator=gen))], c))
-                        target = cache.get([p for p, _ in picks]).to(dev)
-                        tok = backbone.tokenize([replace_concept(p, c, "all") for p, c in picks])
-                        pos = {int(i): k for k, i in enumerate(idx)}
-                        sel = torch.tensor([pos[i] for i in rows], device=dev)
-                        out = encode_tokens(backbone, tok, pred[sel])
-                        l_gpt = (1 - F.cosine_similarity(out.float(), target.float(), dim=-1)).mean()
-                        loss = loss + cfg.lambda_gpt * l_gpt
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sums["loss"] += float(loss.detach())
-            sums["distil"] += float(l_distil.detach())
-            sums["gpt"] += float(l_gpt.detach())
-        row = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}}
-        if validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
-            phi.eval()
-            row.update(validate(phi))
-        history.epochs.append(row)
-        if cfg.select == "val" and "val_score" in row and row["val_score"] >= best[0]:
-            best = (row["val_score"], epoch, {k: v.detach().clone() for k, v in phi.state_dict().items()})
+    fast_gpt = None
+    if usable is not None and fast:
+        if tokenizer_workers is None:
+            tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if dev.type == "cuda" else 0
+        fast_gpt = FastGpt(backbone, tokenizer_workers)
+    try:
+        for epoch in range(start, cfg.epochs):
+            # A phrase's feature depends in its last bits on the batch it was encoded in, so the cache starts
+            # empty every epoch (FastGpt's too): a run resumed at any epoch then computes exactly what an
+            # uninterrupted run computes.
+            cache = PhraseFeatureCache(backbone)
+            phi.train()
+            sums = {"loss": 0.0, "distil": 0.0, "gpt": 0.0}
+            steps = n // cfg.batch_size
+            # fast: the whole epoch's draws first (the same generator calls in the same order as per step)
+            batches, draws = _epoch_draws(n, cfg.batch_size, gen, usable if fast_gpt else None, phrases)
+            if fast_gpt is not None:
+                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    gpt_steps = fast_gpt.prepare(draws)
+                if fast_gpt.tokens.workers > 1 and epoch + 1 < cfg.epochs:  # the next epoch's, on a copy of gen
+                    peek = torch.Generator().set_state(gen.get_state())
+                    fast_gpt.prefetch(_epoch_draws(n, cfg.batch_size, peek, usable, phrases)[1])
+            for s in tqdm(range(steps), disable=not progress, desc=f"phi epoch {epoch}", leave=False):
+                idx = batches[s]
+                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                    pred = phi(features[idx].to(dev))
+                    l_distil = nt_xent(pred, targets[idx].to(dev), cfg.tau)
+                    loss = cfg.lambda_distil * l_distil
+                    l_gpt = torch.zeros((), device=dev)
+                    if fast_gpt is not None:
+                        if gpt_steps[s] is not None:
+                            l_gpt = fast_gpt.loss(gpt_steps[s], pred)
+                            loss = loss + cfg.lambda_gpt * l_gpt
+                    elif usable is not None:  # reference: everything per step
+                        sel, picks = _draw(idx, usable, phrases, gen)
+                        if picks:
+                            target = cache.get([p for p, _ in picks]).to(dev)
+                            tok = backbone.tokenize([replace_concept(p, c, "all") for p, c in picks])
+                            out = encode_tokens(backbone, tok, pred[torch.tensor(sel, device=dev)])
+                            l_gpt = (1 - F.cosine_similarity(out.float(), target.float(), dim=-1)).mean()
+                            loss = loss + cfg.lambda_gpt * l_gpt
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sums["loss"] += float(loss.detach())
+                sums["distil"] += float(l_distil.detach())
+                sums["gpt"] += float(l_gpt.detach())
+            row = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}}
+            if validate is not None and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
+                phi.eval()
+                row.update(validate(phi))
+            history.epochs.append(row)
+            if cfg.select == "val" and "val_score" in row and row["val_score"] >= best[0]:
+                best = (row["val_score"], epoch, {k: v.detach().clone() for k, v in phi.state_dict().items()})
+                if out_dir:
+                    save_phi(phi, Path(out_dir) / "checkpoints" / "phi_best.pt", epoch=epoch)
             if out_dir:
-                save_phi(phi, Path(out_dir) / "checkpoints" / "phi_best.pt", epoch=epoch)
-        if out_dir:
-            ck = Path(out_dir) / "checkpoints"
-            if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
-                save_phi(phi, ck / f"phi_{epoch}.pt", epoch=epoch)
-            save_phi(phi, last_path, epoch=epoch, optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                     rng=_rng_state(gen), config=cfg.__dict__, seed=seed, n_images=n, data=data,
-                     history=history.epochs)
+                ck = Path(out_dir) / "checkpoints"
+                if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+                    save_phi(phi, ck / f"phi_{epoch}.pt", epoch=epoch)
+                save_phi(phi, last_path, epoch=epoch, optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+                         rng=_rng_state(gen), config=cfg.__dict__, seed=seed, n_images=n, data=data,
+                         history=history.epochs)
+    finally:
+        if fast_gpt is not None:
+            fast_gpt.close()
     if cfg.select == "val":
         if best[2] is None and ckpt_dir and (ckpt_dir / "phi_best.pt").is_file():
             best = (best[0], best[1], load_phi(ckpt_dir / "phi_best.pt").state_dict())
