@@ -20,9 +20,11 @@
 # SEARLE's GPT regulariser needs phrases about each concept; the paper uses GPT-Neo 2.7B. Does the choice matter,
 # and does the regulariser help at all? Each condition below changes only `phrases.*` and reruns OTI (on the
 # unlabeled set and the test references) and phi: no regularisation (the GPT loss off, as the λ_gpt = 0
-# ablation), the offline grammar, and a small GPT-2 trained here on the world's captions, run through the same
-# Hugging Face generation code and official sampling settings as GPT-Neo. GPT-Neo itself joins the table when its
-# weights are on the machine.
+# ablation), the offline grammar writing everyday-scene continuations ("... that was taken at sunset", words the
+# tiny CLIP never saw), the same grammar in the world's own language ("... that has a small blue square"), and a
+# small GPT-2 trained here on the world's captions, run through the same Hugging Face generation code and official
+# sampling settings as GPT-Neo. GPT-Neo itself joins the table when its weights are on the machine. The contrast
+# between the two grammars asks whether the phrases must speak the language the CLIP was trained on.
 
 # %% tags=["parameters"]
 preset = "embedded"

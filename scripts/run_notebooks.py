@@ -69,6 +69,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("pretraining_size", "open_questions", deps=("phi",)),
     Notebook("backbone", "open_questions", deps=("phi",)),
     Notebook("paper_tables", "reproducibility"),
+    Notebook("protocol_audit", "reproducibility", deps=("phi",)),
     Notebook("status", "reproducibility", deps=ALL),
     Notebook("performance", "reproducibility"),
     Notebook("runs", "reproducibility", deps=ALL),

@@ -64,6 +64,7 @@ class PhrasesConfig:
     top_p: float = 1.0
     batch_size: int = 8  # concepts per generate() call
     path: str | None = None  # existing phrases (JSONL or official concept_to_phrases.pkl); None = generate
+    grammar: str = "default"  # the offline generator's grammar: "default" (everyday scenes) | "world" (embedded)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .config import PhrasesConfig
+from .config import ConfigError, PhrasesConfig
 from .safe_pickle import atomic_pickle_dump, safe_load_pickle
 
 __all__ = [
@@ -247,6 +247,16 @@ DEFAULT_GRAMMAR = Grammar(
 )
 
 
+def grammar_named(name: str) -> Grammar:
+    """``phrases.grammar``: "default" (:data:`DEFAULT_GRAMMAR`) or "world" (the embedded world's language)."""
+    if name == "default":
+        return DEFAULT_GRAMMAR
+    if name == "world":
+        from .world.vocab import world_grammar
+        return world_grammar()
+    raise ConfigError(f"phrases.grammar={name!r} is not a grammar; expected 'default' or 'world'")
+
+
 def offline_phrases(concept: str, n: int, *, prompt: str = "a photo of {} that", seed: int = 42,
                     grammar: Grammar = DEFAULT_GRAMMAR) -> list[str]:
     """``n`` phrases "<prompt> <continuation>" for ``concept``, distinct while the grammar allows, then repeated.
@@ -274,7 +284,7 @@ def register_generator(name: str) -> Callable:
 @register_generator("offline")
 class _OfflineGenerator:
     def __init__(self, cfg: PhrasesConfig, *, grammar: Grammar | None = None, **_: Any):
-        self.cfg, self.grammar = cfg, grammar or DEFAULT_GRAMMAR
+        self.cfg, self.grammar = cfg, grammar or grammar_named(cfg.grammar)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "offline", "grammar": self.grammar.name, "grammar_hash": self.grammar.digest(),

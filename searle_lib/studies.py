@@ -1,9 +1,12 @@
 """The open questions the paper leaves, as experiment grids over ``pipeline`` (each cell cached like any stage).
 
 - domain shift: phi trained on the unlabeled images of one visual domain, tested on each domain;
-- language model: no regularisation, the offline grammar, a Hugging Face causal LM (GPT-Neo when present);
+- language model: no regularisation, the offline grammar in everyday or in the world's language, a Hugging Face
+  causal LM (a GPT-2 trained on the world's captions; GPT-Neo when present);
 - pretraining set size: phi trained on the first n unlabeled images;
-- backbone: the same pipeline on several CLIP architectures.
+- backbone: the same pipeline on several CLIP architectures;
+- protocol audit: choices the paper's numbers depend on but its text does not stress (caption joining, phi's
+  checkpoint selection, preprocessing).
 """
 from __future__ import annotations
 
@@ -56,7 +59,9 @@ def lm_conditions(cfg: StudyConfig, include_gpt_neo: bool = True) -> dict[str, S
     """Name -> config for each regularisation condition; a string explains a condition that cannot run here."""
     out: dict[str, StudyConfig | str] = {
         "none": apply_overrides(cfg, {"phrases.generator": "none"}),
-        "offline grammar": apply_overrides(cfg, {"phrases.generator": "offline"}),
+        "offline grammar (everyday)": apply_overrides(cfg, {"phrases.generator": "offline",
+                                                            "phrases.grammar": "default"}),
+        "offline grammar (world)": apply_overrides(cfg, {"phrases.generator": "offline", "phrases.grammar": "world"}),
         "world GPT-2 (HF)": apply_overrides(cfg, {"phrases.generator": "hf", "phrases.lm_name": str(world_lm(cfg))}),
     }
     if include_gpt_neo:
@@ -106,4 +111,45 @@ def backbones(cfg: StudyConfig, names: Sequence[str], split: str = "test") -> pd
         run = pipeline.phi(c, bb, progress=False)
         for m, ms in _searle_and_oti(c, bb, pipeline.split(c, split), run.phi, list(c.eval.methods)).items():
             rows += [{"backbone": name, "method": m, "metric": k, "value": v} for k, v in ms.items()]
+    return pd.DataFrame(rows)
+
+
+def caption_joining(cfg: StudyConfig, bb, phi_model, split: str = "test") -> pd.DataFrame:
+    """Rows (composition, method, metric, value): the world's queries with a second phrasing of the same edit
+    (FashionIQ-like two captions) under each way of joining two captions (``methods.COMPOSITIONS``)."""
+    from .methods import COMPOSITIONS
+    sp = pipeline.split(cfg, split, second_caption=True)
+    rows: list[dict[str, Any]] = []
+    for comp in COMPOSITIONS:
+        c = apply_overrides(cfg, {"eval.fashioniq_composition": comp})
+        for m, ms in _searle_and_oti(c, bb, sp, phi_model, ["text", "searle", "searle-oti"]).items():
+            rows += [{"composition": comp, "method": m, "metric": k, "value": v} for k, v in ms.items()]
+    return pd.DataFrame(rows)
+
+
+def checkpoint_selection(cfg: StudyConfig, bb, split: str = "test") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """phi kept at its best validation epoch (official: CIRR val) vs its last epoch. Returns the test rows
+    (selection, method, metric, value) and the validation history of the run (epoch, val_score)."""
+    rows: list[dict[str, Any]] = []
+    sp = pipeline.split(cfg, split)
+    history = None
+    for select in ("val", "last"):
+        c = apply_overrides(cfg, {"phi.select": select})
+        run = pipeline.phi(c, bb, progress=False)
+        history = history if history is not None else pd.DataFrame(run.history.epochs)
+        for k, v in _searle_and_oti(c, bb, sp, run.phi, ["searle"])["searle"].items():
+            rows.append({"selection": select, "method": "searle", "metric": k, "value": v})
+    return pd.DataFrame(rows), history
+
+
+def preprocessing(cfg: StudyConfig, phi_model, split: str = "test") -> pd.DataFrame:
+    """Rows (preprocess, method, metric, value): the same model and phi with SEARLE's ``targetpad`` and with plain
+    ``clip`` preprocessing of every image (SEARLE-OTI left out: it would need OTI rerun on new features)."""
+    rows: list[dict[str, Any]] = []
+    for prep in ("targetpad", "clip"):
+        c = apply_overrides(cfg, {"model.preprocess": prep})
+        bb = pipeline.backbone(c)
+        for m, ms in _searle_and_oti(c, bb, pipeline.split(c, split), phi_model,
+                                     ["image", "image+text", "searle"]).items():
+            rows += [{"preprocess": prep, "method": m, "metric": k, "value": v} for k, v in ms.items()]
     return pd.DataFrame(rows)

@@ -5,6 +5,8 @@ import time
 from dataclasses import replace
 
 import pytest
+
+from searle_lib.config import ConfigError
 import torch
 from _lm_fixtures import tiny_lm, tiny_lm_dir, toy_captions  # noqa: F401
 
@@ -180,6 +182,23 @@ def test_offline_grammar_is_varied_deterministic_and_holds_the_concept():
     many = offline_phrases("dog", 1000)
     assert len(many) == 1000 and len(set(many)) == len(DEFAULT_GRAMMAR.continuations)
     assert any(p.count("dog") > 1 for p in many)  # some repeat the concept, so phi's "all" mode matters
+
+
+def test_world_grammar_speaks_the_worlds_language(tmp_path):
+    from searle_lib.phrases import grammar_named
+    from searle_lib.world.vocab import vocabulary_words
+    world = grammar_named("world")
+    assert world.name == "world" and world.digest() != DEFAULT_GRAMMAR.digest()
+    known = vocabulary_words() | {"a", "is", "in", "the", "has", "no", "on", "background", "shapes", "white", "dark",
+                                  "paper", "circles", "squares", "triangles", "diamonds", "stars", "crosses"}
+    for cont in world.continuations:
+        assert set(cont.replace("{c}", "").rstrip(".").split()) <= known, cont
+    cfg = PhrasesConfig(generator="offline", num_phrases=8, grammar="world")
+    bank = load_phrases(generate_phrases(["red circle"], cfg, tmp_path / "w.jsonl", progress=False))
+    assert bank.generator["grammar"] == "world"
+    assert bank["red circle"] == offline_phrases("red circle", 8, seed=42, grammar=world)
+    with pytest.raises(ConfigError, match="phrases.grammar='klingon'"):
+        grammar_named("klingon")
 
 
 def test_offline_generation_file_and_resume(tmp_path):

@@ -254,6 +254,24 @@ def test_loaders_round_trip(world):
     assert default.gallery.name == f"embedded/{manifest['domains'][0]}/test"
 
 
+def test_second_caption_is_another_phrasing_of_the_same_edit(world):
+    from searle_lib.world.queries import paraphrase
+    from searle_lib.world.vocab import vocabulary_words
+    root, _ = world
+    one = load_split("embedded", root, "test")
+    two = load_split("embedded", root, "test", second_caption=True)
+    assert len(two.queries) >= 0.8 * len(one.queries)
+    data = {q["query_id"]: q for q in json.loads((root / "flat" / "test.json").read_text())["queries"]}
+    for q in two.queries:
+        d = data[q.query_id]
+        assert q.captions[0] == d["caption"] and q.captions[1] != d["caption"]
+        # the same edit in other words: the same attribute words (what is edited, into what)
+        words = [{w for w in c.split() if w in vocabulary_words()} for c in q.captions]
+        assert words[0] == words[1], q.captions
+    ref = Scene.from_json(next(iter(data.values()))["reference_scene"])
+    assert paraphrase(ref, Scene([]), "add", "x") is None  # no edit of this kind reaches an empty scene
+
+
 def test_loader_errors_are_clear(world, tmp_path):
     root, _ = world
     with pytest.raises(DatasetError, match="query splits are"):

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..world import layout
 from ..world.captions import Meaning
+from ..world.queries import paraphrase
+from ..world.scenes import Scene
 from ..world.scenes import Scene
 from .base import CIRQuery, CIRSplit, DatasetError, ImageSet, register_dataset, register_unlabeled
 
@@ -102,8 +104,13 @@ def load_pretrain_pairs(root: str | Path | None, domains: tuple[str, ...] | None
 
 
 @register_dataset("embedded")
-def load_embedded(root: str | Path | None, split: str, domain: str | None = None) -> CIRSplit:
-    """A query split (``val``, ``test`` or ``heldout``) of one visual domain (default: the world's first)."""
+def load_embedded(root: str | Path | None, split: str, domain: str | None = None,
+                  second_caption: bool = False) -> CIRSplit:
+    """A query split (``val``, ``test`` or ``heldout``) of one visual domain (default: the world's first).
+
+    ``second_caption``: give each query a second caption, another phrasing of the same edit
+    (``world.queries.paraphrase``), as FashionIQ's two annotators; queries with no other phrasing are left out.
+    """
     if split not in layout.QUERY_SPLITS:
         raise DatasetError(f"embedded split {split!r} does not exist; query splits are "
                            f"{', '.join(layout.QUERY_SPLITS)} (unlabeled images: load_unlabeled('embedded', ...))")
@@ -113,8 +120,15 @@ def load_embedded(root: str | Path | None, split: str, domain: str | None = None
     gallery = ImageSet(gallery_ids, tuple(layout.image_path(root, domain, i) for i in gallery_ids),
                        name=f"embedded/{domain}/{split}")
     queries, groups = [], {}
-    for q in data["queries"]:
-        queries.append(CIRQuery(query_id=q["query_id"], reference_id=q["reference"], captions=(q["caption"],),
+    for k, q in enumerate(data["queries"]):
+        captions = (q["caption"],)
+        if second_caption:
+            other = paraphrase(Scene.from_json(q["reference_scene"]), Scene.from_json(q["target_scene"]), q["kind"],
+                               q["caption"], seed=k)
+            if other is None:
+                continue
+            captions += (other,)
+        queries.append(CIRQuery(query_id=q["query_id"], reference_id=q["reference"], captions=captions,
                                 target_id=q["target"], gt_ids=tuple(q["gt"]), group_ids=tuple(q["group"]),
                                 category=q["kind"]))
         groups.setdefault(q["kind"], []).append(q["query_id"])

@@ -87,6 +87,9 @@ def _plan_query_split(cfg: WorldConfig, domain: str, split: str, n_queries: int,
     return {"queries": queries, "gallery": sorted(images.scenes)}, images.scenes
 
 
+FAMILY_PREFER = ""  # edit that family variants favour ("" = uniform over the edits of scenes.one_edit)
+
+
 def _family(rng: random.Random, size: int, forbidden: set[tuple[str, str]]) -> list[Scene]:
     """A random scene and up to ``size - 1`` distinct variants one edit away from it (hard negatives for each other
     when they share a pretraining batch)."""
@@ -95,7 +98,7 @@ def _family(rng: random.Random, size: int, forbidden: set[tuple[str, str]]) -> l
     for _ in range(20 * size):
         if len(members) >= size:
             break
-        v = one_edit(rng, base, forbidden)
+        v = one_edit(rng, base, forbidden, FAMILY_PREFER)
         if v is not None and v not in members:
             members.append(v)
     return members

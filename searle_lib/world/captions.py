@@ -29,6 +29,8 @@ from typing import NamedTuple
 from .scenes import Obj, Scene, one_edit
 from .vocab import COLOURS, COUNTS, DOMAIN_WORDS, PLURALS, POSITIONS, SHAPES, object_phrase
 
+P_SIZE, P_POSITION = 0.6, 0.6  # how often a listing states sizes / positions
+
 PREFIXES: tuple[str, ...] = ("a photo of ", "a rendering of ", "a picture of ", "an image of ", "a drawing of ",
                              "a scene with ", "there is ", "")
 
@@ -88,7 +90,7 @@ def full_caption(scene: Scene) -> str:
 
 
 def _listing(objs: list[Obj], rng: random.Random) -> tuple[str, list]:
-    size, position = rng.random() < 0.6, rng.random() < 0.6
+    size, position = rng.random() < P_SIZE, rng.random() < P_POSITION
     return join([describe(o, size, position) for o in objs]), [_part(o, size, position) for o in objs]
 
 

@@ -148,3 +148,16 @@ def sample_query(rng: random.Random, sample_reference, forbidden: set[tuple[str,
 
 
 assert N_CELLS >= MAX_OBJECTS + 1  # an add query always has a free cell
+
+
+def paraphrase(reference: Scene, target: Scene, kind: str, caption: str, seed: int = 0,
+               tries: int = 2000) -> str | None:
+    """Another relative caption for the same edit (``reference`` -> ``target``), drawn from the same phrasings
+    (rejection sampling; deterministic from ``seed``), or None when no other phrasing turns up. Gives the world's
+    queries a second caption, as FashionIQ's two annotators, for the caption-joining audit."""
+    rng = random.Random(seed)
+    for _ in range(tries):
+        q = make_query(rng, reference, kind)
+        if q is not None and q.target == target and q.caption != caption:
+            return q.caption
+    return None

@@ -1,9 +1,9 @@
 """Render scenes to small RGB images in several visual domains (the embedded world's pixels).
 
 Each image is drawn with PIL at 2x resolution and box-downsampled (anti-aliasing), then gets a low-frequency
-texture. All randomness (background tint and gradient, object jitter of position, size, rotation and colour, stars, texture)
-comes from one seed per image, so an image depends only on (scene, domain, size, seed): rendering in parallel, in
-any order, gives the same bytes. The same scene with another seed is visibly different.
+texture. All randomness (background tint and gradient; object jitter of position, size, rotation and colour; stars;
+texture) comes from one seed per image, so an image depends only on (scene, domain, size, seed): rendering in
+parallel, in any order, gives the same bytes. The same scene with another seed is visibly different.
 
 Domains (the study's domain-shift axis): ``flat`` (filled shapes on a light background), ``night`` (neon outlines
 and dim fills on a dark starry background, brighter palette), ``sketch`` (coloured ink outlines on ruled paper).

@@ -53,6 +53,16 @@ CONTINUATIONS: tuple[str, ...] = (
 )
 
 
+def world_grammar():
+    """The offline phrase generator's grammar in the world's language: "a photo of {concept} that" + one of
+    ``CONTINUATIONS`` with every slot filled (the role GPT-Neo's phrases play for the real vocabulary)."""
+    from ..phrases import Grammar
+    return Grammar(name="world", templates=tuple(c + "." for c in CONTINUATIONS),
+                   slots={"position": POSITIONS, "size": SIZES, "colour": COLOURS, "shape": SHAPES,
+                          "shapes": tuple(PLURALS[s] for s in SHAPES),
+                          "background": tuple(DOMAIN_WORDS.values())})
+
+
 def object_phrase(shape: str, colour: str | None = None, size: str | None = None, position: str | None = None,
                   article: str = "a") -> str:
     """'a small red circle in the top left', omitting the parts given as None."""
