@@ -27,7 +27,7 @@
 preset = "embedded"
 seed = 42
 out_dir = "results"
-backbones = ["test-tiny-vit", "test-tiny-rn"]
+backbones = ["test-world-vit", "test-world-rn"]
 metric = "map_at_10"
 
 # %%

@@ -75,15 +75,17 @@ def lm_conditions(cfg: StudyConfig, include_gpt_neo: bool = True) -> dict[str, S
     return out
 
 
-def lm_choice(cfg: StudyConfig, conditions: dict[str, StudyConfig | str], split: str = "test") -> pd.DataFrame:
-    """Rows (condition, method, metric, value) for SEARLE and SEARLE-OTI under each regulariser."""
+def lm_choice(cfg: StudyConfig, conditions: dict[str, StudyConfig | str], split: str = "test",
+              methods: Sequence[str] = ("searle", "searle-oti")) -> pd.DataFrame:
+    """Rows (condition, method, metric, value) for SEARLE and/or SEARLE-OTI under each regulariser (without
+    "searle" in ``methods`` no phi is trained: OTI of the test references only, much cheaper)."""
     bb = pipeline.backbone(cfg)
     rows: list[dict[str, Any]] = []
     for name, c in conditions.items():
         if isinstance(c, str):
             continue
-        run = pipeline.phi(c, bb, progress=False)
-        for m, ms in _searle_and_oti(c, bb, pipeline.split(c, split), run.phi, ["searle", "searle-oti"]).items():
+        run = pipeline.phi(c, bb, progress=False) if "searle" in methods else None
+        for m, ms in _searle_and_oti(c, bb, pipeline.split(c, split), run and run.phi, list(methods)).items():
             rows += [{"condition": name, "method": m, "metric": k, "value": v} for k, v in ms.items()]
     return pd.DataFrame(rows)
 
