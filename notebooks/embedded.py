@@ -19,7 +19,7 @@
 #
 # SEARLE against the three zero-shot baselines of the paper on the embedded world's composed queries: image-only
 # (the reference image's feature), text-only (the relative caption alone), image + text (the sum of the
-# normalised features), SEARLE-OTI (the reference's OTI token in "a photo of $ that {caption}") and SEARLE (phi's
+# normalised features), SEARLE-OTI (the reference's OTI token in `a photo of $ that {caption}`) and SEARLE (phi's
 # token in the same prompt). Every query has several correct gallery images (as CIRCO: mAP@K), one designated
 # target (as CIRR: Recall@K, reference removed from the ranking) and a group of near misses
 # (Recall$_\text{subset}$@K). The *held-out* split asks for (shape, colour) pairs the tiny CLIP never saw in

@@ -20,9 +20,9 @@
 # Three choices the reported numbers depend on, each measured here in the embedded world with everything else
 # fixed (same tiny CLIP, same OTI tokens, same queries):
 #
-# 1. **Joining FashionIQ's two captions.** SEARLE encodes "a photo of $ that {c1} and {c2}" and the reverse
-#    order and averages the two features (`both_orders`); one order only, and Pic2Word's "a photo of $ , {c2} and
-#    {c1}", appear in other papers. The world's queries get a second caption (another phrasing of the same edit,
+# 1. **Joining FashionIQ's two captions.** SEARLE encodes `a photo of $ that {c1} and {c2}` and the reverse
+#    order and averages the two features (`both_orders`); one order only, and Pic2Word's `a photo of $ , {c2} and
+#    {c1}`, appear in other papers. The world's queries get a second caption (another phrasing of the same edit,
 #    as FashionIQ's second annotator) for this test.
 # 2. **Which phi checkpoint.** The official code keeps the epoch with the best CIRR *validation* score; the
 #    alternative is the last epoch. (Here validation is the world's val split, never its test split.)

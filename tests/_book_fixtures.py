@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import functools
 import http.server
 import importlib
@@ -16,6 +17,7 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+PROSE_IN_MATH = re.compile(r'["\u201c\u201d]|\b(that|the|and|photo)\b')  # words and quotes that no formula has
 RAW_TEX = ("$$", "\\begin{", "\\frac", "\\(", "\\[")  # left in a page's text only when math did not render
 
 
@@ -132,6 +134,12 @@ def check_page(driver, base: str, html_root: Path, page: Path) -> tuple[list[str
     n_jax = driver.execute_script("return document.querySelectorAll('mjx-container').length")
     if math == "typeset" and n_jax < n_math:
         problems.append(f"{rel}: {n_math} math elements but only {n_jax} typeset")
+    # a "$" of prose (SEARLE's placeholder) paired with another one is typeset as math: prose in a math element
+    sources = driver.execute_script(
+        "return window.MathJax && MathJax.startup && MathJax.startup.document"
+        " ? MathJax.startup.document.getMathItemsWithin(document.body).map(m => m.math) : []")
+    problems += [f"{rel}: prose typeset as math (a '$' outside backticks?): {s[:80]!r}" for s in sources
+                 if PROSE_IN_MATH.search(s)]
     text = driver.execute_script(_TEXT_WITHOUT_CODE)
     for needle in RAW_TEX:
         if needle in text:
