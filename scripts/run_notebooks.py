@@ -256,10 +256,31 @@ def run(presets: Sequence[str] = ("embedded",), *, only: Sequence[str] = (), for
     return report
 
 
+def collapse_streams(outputs: list) -> list:
+    """Consecutive stdout/stderr outputs merged, and each line shown as a terminal shows it: only the text after
+    its last carriage return (a progress bar's final state instead of every update)."""
+    merged: list = []
+    for o in outputs:
+        if o.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                and merged[-1].get("name") == o.get("name"):
+            merged[-1]["text"] += o["text"]
+        else:
+            merged.append(o)
+    for o in merged:
+        if o.get("output_type") == "stream" and "\r" in o["text"]:
+            lines = o["text"].replace("\r\n", "\n").split("\n")
+            o["text"] = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
+    return merged
+
+
 def _record(out: Path, info: dict[str, Any]) -> None:
-    """Store the run's key in the executed notebook and say, under its title, how it was run."""
+    """Store the run's key in the executed notebook, say under its title how it was run, and collapse progress
+    output (``collapse_streams``)."""
     import nbformat
     nb = nbformat.read(out, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = collapse_streams(cell.outputs)
     nb.metadata["searle_run"] = info
     shown = ", ".join(f"`{k}={v!r}`" for k, v in info["parameters"].items())
     note = nbformat.v4.new_markdown_cell(

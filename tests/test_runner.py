@@ -127,6 +127,16 @@ def test_errors_that_need_no_kernel(world) -> None:
         rn.run(("p1",), only=("a",), **kw)
 
 
+def test_progress_output_collapses_to_what_a_terminal_shows() -> None:
+    outs = [{"output_type": "stream", "name": "stderr", "text": "bar:   0%|  | 0/2\rbar:  50%|# | 1/2"},
+            {"output_type": "stream", "name": "stderr", "text": "\rbar: 100%|##| 2/2\nWARNING: x\r\n"},
+            {"output_type": "stream", "name": "stdout", "text": "result 1\n"},
+            {"output_type": "execute_result", "data": {"text/plain": "1"}}]
+    got = rn.collapse_streams(outs)
+    assert [o["output_type"] for o in got] == ["stream", "stream", "execute_result"]
+    assert got[0]["text"] == "bar: 100%|##| 2/2\nWARNING: x\n" and got[1]["text"] == "result 1\n"
+
+
 def test_parameter_values_are_yaml() -> None:
     assert [rn.parse_param(p) for p in ("a=5", "b=1e-3", "c=0.5", "d=true", "e=null", "f=abc", "g=[1, 2]")] == \
         [("a", 5), ("b", 0.001), ("c", 0.5), ("d", True), ("e", None), ("f", "abc"), ("g", [1, 2])]
