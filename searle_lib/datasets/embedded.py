@@ -18,7 +18,6 @@ from ..world import layout
 from ..world.captions import Meaning
 from ..world.queries import paraphrase
 from ..world.scenes import Scene
-from ..world.scenes import Scene
 from .base import CIRQuery, CIRSplit, DatasetError, ImageSet, register_dataset, register_unlabeled
 
 DEFAULT_ROOT = "data/embedded"  # WorldConfig.root's default, used when root is None
