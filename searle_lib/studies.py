@@ -48,11 +48,13 @@ def world_lm(cfg: StudyConfig, steps: int = 600) -> Path:
     """A small GPT-2 trained on the embedded world's pretraining captions (cached): a real Hugging Face causal LM
     that runs offline, standing in for GPT-Neo in the language-model question."""
     from .datasets.embedded import load_pretrain_pairs
-    from .tiny_lm import train_tiny_lm
+    from .tiny_lm import tiny_lm_hash, train_tiny_lm
     pairs = load_pretrain_pairs(cfg.world.root)
     texts = [c for caps in pairs.captions for c in caps]
-    return train_tiny_lm(texts, Path(cfg.run.cache_dir) / "lm" / "world-gpt2", steps=steps, seed=cfg.run.seed,
-                         progress=False)
+    # one folder per world (and settings): presets sharing a cache folder must not retrain each other's LM
+    key = tiny_lm_hash(texts, {"steps": steps, "seed": cfg.run.seed})
+    return train_tiny_lm(texts, Path(cfg.run.cache_dir) / "lm" / f"world-gpt2-{key}", steps=steps,
+                         seed=cfg.run.seed, progress=False)
 
 
 def lm_conditions(cfg: StudyConfig, include_gpt_neo: bool = True) -> dict[str, StudyConfig | str]:
