@@ -7,7 +7,7 @@
 #
 # ViT-B/32 and ViT-L/14 with random weights (they cost what trained weights cost), in order of importance:
 #   1. OTI, reference vs fast in the same run: the official-cost loop (batch 32, fp16 autocast, 350 steps, one
-#      batch) against the fast path (batch 1024, bf16 autocast, 350 steps), plus an fp32 comparison of both paths
+#      batch) against the fast path (batch 4096 / 2048, bf16 autocast, 350 steps), plus an fp32 comparison of both paths
 #      on 64 images x 50 steps (token differences without fp16/bf16 rounding). Goal (issue 6): >= 46 images/s
 #      (ViT-B/32) and >= 22 images/s (ViT-L/14), i.e. 100x / 50x the official loop's 0.46 / 0.44 on an H100.
 #   2. phi training steps/s (batch 256, fp16 autocast), with and without the GPT-phrase loss.
@@ -37,10 +37,10 @@ if [ "$DEVICE" != cpu ]; then
 fi
 
 if [ "$QUICK" = 1 ]; then
-  STEPS=3; REF=4; FAST_B32=16; FAST_L14=8; FAST_BATCH=8; CHECK=4; CHECK_STEPS=3
+  STEPS=3; REF=4; FAST_B32=16; FAST_L14=8; BATCH_B32=8; BATCH_L14=8; CHECK=4; CHECK_STEPS=3
   PHI_STEPS=2; PHI_BATCH=32; FEAT=16; FEAT_BATCH=8; SIZES="2000 5000"; QUERIES="20 20"; WORKERS="0 2"
 else
-  STEPS=350; REF=32; FAST_B32=2048; FAST_L14=1024; FAST_BATCH=1024; CHECK=64; CHECK_STEPS=50
+  STEPS=350; REF=32; FAST_B32=8192; FAST_L14=2048; BATCH_B32=4096; BATCH_L14=2048; CHECK=64; CHECK_STEPS=50
   PHI_STEPS=50; PHI_BATCH=256; FEAT=2048; FEAT_BATCH=256; SIZES="10000 123403 1000000"; QUERIES="1000 1000 1000"; WORKERS="0 8"
 fi
 
@@ -57,17 +57,17 @@ run() {  # run <label> <timeout seconds> <command...>
 }
 
 for model in ViT-B-32 ViT-L-14; do
-  fast=$FAST_B32; [ "$model" = ViT-L-14 ] && fast=$FAST_L14
+  fast=$FAST_B32; batch=$BATCH_B32; [ "$model" = ViT-L-14 ] && fast=$FAST_L14 && batch=$BATCH_L14
   # a few steps first: a fast path that cannot run on this GPU fails here in seconds, not after the reference
   run "oti-smoke-$model" 300 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps 3 \
     --ref-images 4 --fast-images 8 --fast-batch 8 --no-save
   run "oti-$model" 600 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps "$STEPS" \
-    --ref-images "$REF" --ref-batch 32 --fast-images "$fast" --fast-batch "$FAST_BATCH" --concepts 2000 \
+    --ref-images "$REF" --ref-batch 32 --fast-images "$fast" --fast-batch "$batch" --concepts 2000 \
     --check-images "$CHECK" --check-steps "$CHECK_STEPS" --noise-images "${NOISE:-0}" --out "$OUT_DIR"
 done
 if [ "${COMPILE:-0}" = 1 ]; then
   run "oti-compiled-ViT-B-32" 600 "$PY" benchmarks/oti.py --model ViT-B-32 --device "$DEVICE" --steps "$STEPS" \
-    --ref-images "$REF" --ref-batch 32 --fast-images "$FAST_B32" --fast-batch "$FAST_BATCH" --concepts 2000 \
+    --ref-images "$REF" --ref-batch 32 --fast-images "$FAST_B32" --fast-batch "$BATCH_B32" --concepts 2000 \
     --compile reduce-overhead --tag compiled --out "$OUT_DIR"
 fi
 for model in ViT-B-32 ViT-L-14; do

@@ -13,6 +13,7 @@ random centres, closer to real image features). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -100,7 +101,9 @@ def run_one(args: argparse.Namespace, size: int, n_queries: int) -> dict:
     if res["rss_before_mb"] and res["peak_rss_mb"]:
         res["search_extra_peak_mb"] = round(res["peak_rss_mb"] - res["rss_before_mb"], 1)
 
-    if args.faiss != "none":
+    if args.faiss != "none" and importlib.util.find_spec("faiss") is None:
+        res["faiss"] = "not installed (exact search only)"  # the exact figures still count; say why FAISS is absent
+    elif args.faiss != "none":
         nlist = args.nlist or max(1, int(math.sqrt(size)))
         t = time.perf_counter()
         index = build_faiss_index(gallery.cpu(), kind=args.faiss, nlist=nlist, nprobe=args.nprobe,

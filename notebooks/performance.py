@@ -43,9 +43,20 @@
 #   <concept> that ..." mostly one), and each step computes only the positions from the placeholder on;
 # - in the last block only the end-of-text position is computed (the only one pooled);
 # - each plain phrase's feature is computed once per run, not every step;
-# - on a GPU: batches of 1,024 images, bf16 autocast, fused AdamW, causal flash attention, and the next batch's
-#   phrases tokenized in worker processes while the current batch runs; `torch.compile` is available behind a
-#   flag (`run_oti(..., compile=True)`) and off by default.
+# - on a GPU: batches of 1,024 to 4,096 images, bf16 autocast, fused AdamW, causal flash attention, and the next
+#   batch's phrases tokenized in worker processes while the current batch runs, with an exact word-memoising
+#   tokenizer (open_clip's ids, bit for bit, 7x faster); `torch.compile` is available behind a flag
+#   (`run_oti(..., compile=True)`) and off by default.
+#
+# **The GPU figures, and a second H100 session.** The tables below hold the complete runs of the first H100
+# session (whole runs of 2,048 / 1,024 images: 13.5 and 7.7 images/s, short of the goal). A second session
+# (notes and logs in `results/benchmarks/logs/2026-11-27-h100-notes.md`) measured where that time went: at batch
+# 4,096 the ViT-B/32 steps take 127.8 ms, so a batch runs at 83.8 images/s including its set-up once its phrases
+# are tokenized (182x the official loop), while a whole run also paid for starting the tokenizer processes (each
+# imported torch on its own, one after the other) and for tokenizing half a million strings per 1,024 images. A
+# ViT-L/14 whole run with the faster tokenizer reached 12.7 images/s (2,048 images, 29x the official loop). Both
+# causes were fixed afterwards on the CPU; a whole-run GPU figure with the fixes is still to be measured
+# (`bash benchmarks/gpu.sh`), so the goal of issue 6 stays unverified.
 #
 # The CPU figures come from a shared 2-core machine whose other processes kept its load average near 4 (the load
 # is recorded in each file): absolute rates are noisy, and only ratios within one run mean much. The CPU runs

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_ALIASES = {"paper-b32": "paper-vitb32", "paper-l14": "paper-vitl14"}  # the names the issues use
 
 
 class ConfigError(ValueError):
@@ -277,7 +278,7 @@ def load_config(preset: str = "embedded", overrides: Mapping[str, Any] | None = 
     """
     path = Path(preset)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = PRESET_DIR / f"{preset}.yaml"
+        path = PRESET_DIR / f"{PRESET_ALIASES.get(preset, preset)}.yaml"
         if not path.is_file():
             raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(list_presets())} "
                               "(or pass the path of a YAML file)")

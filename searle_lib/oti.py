@@ -131,7 +131,8 @@ def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.T
             rows.append(torch.zeros(len(p.phrases), dtype=torch.long))
             continue
         uniq, inv = torch.unique(p.phrases, return_inverse=True)
-        ids = [slot.setdefault(p.pool[j], len(slot)) for j in uniq.tolist()]
+        pairs = p.pool.pairs(uniq.numpy()) if isinstance(p.pool, PhrasePool) else [p.pool[j] for j in uniq.tolist()]
+        ids = [slot.setdefault(pair, len(slot)) for pair in pairs]
         rows.append(torch.tensor(ids, dtype=torch.long)[inv])
     return list(slot), torch.stack(rows)
 
@@ -302,6 +303,7 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         for b in range(0, len(chunk_ids), cfg.batch_size):
             batch = chunk_ids[b:b + cfg.batch_size]
             plans, rows = planned(batch)
+            prefetch(batch)  # queued before the next batch's (a no-op when the previous batch prefetched it)
             prefetch(chunk_ids[b + cfg.batch_size:b + 2 * cfg.batch_size] or upcoming[:cfg.batch_size])
             parts.append(invert_batch(backbone, torch.stack([feats[i] for i in batch]), plans, templates, cfg,
                                       template_tokens, fast_context=ctx, phrase_rows=rows))

@@ -24,7 +24,10 @@ def test_every_preset_loads(preset):
 def test_paper_presets_are_official():
     c = load_config("paper-vitl14")
     assert (c.model.name, c.model.pretrained) == ("ViT-L-14", "openai")
-    assert c.oti == StudyConfig().oti and c.phi == StudyConfig().phi
+    # only the OTI batch differs: tokens do not depend on it (per-image streams, updates scaled as in a batch of 32)
+    assert dataclasses.replace(c.oti, batch_size=32) == StudyConfig().oti and c.oti.loss_batch == 32
+    assert c.phi == StudyConfig().phi
+    assert load_config("paper-l14") == c and load_config("paper-b32").model.name == "ViT-B-32"  # the issues' names
 
 
 def test_overrides_dotted_nested_and_keyword():

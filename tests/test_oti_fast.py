@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from searle_lib._oti_fast import FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable
+from searle_lib._oti_fast import (FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable,
+                                  WordMemoTokenizer)
 from searle_lib.text_encoding import encode_texts, encode_tokens
 
 PROMPTS = ["a photo of a  $ ", " $ ", "We see a  $  in this image", "a photo of  $  that is detailed and shows it up"]
@@ -79,6 +80,30 @@ def test_token_cache_matches_the_tokenizer_serial_and_in_processes(micro_backbon
         assert torch.equal(got, full[:, :got.shape[1]]) and not full[:, got.shape[1]:].any()
 
 
+def test_word_memo_tokenizer_equals_open_clip_on_random_and_real_text(micro_backbone):
+    import random
+
+    from searle_lib.phrases import offline_phrases
+    tok = micro_backbone.tokenizer
+    fast = WordMemoTokenizer.wrap(tok)
+    assert isinstance(fast, WordMemoTokenizer)
+    rng = random.Random(0)  # printable ASCII (the shortcut) mixed with what needs ftfy / html: &, non-ASCII, controls
+    alphabet = [chr(i) for i in range(0x20, 0x7f)] + list("\t\n\r\x1b&\u00e9\u2019\u201c\ufb01\uff21\u2028\u00a0")
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(1500)]
+    texts += ["a photo of  $  that is &amp; red", "  Hello   WORLD  ", "word " * 100, "<start_of_text> hi", "It's"]
+    texts += offline_phrases("red circle", 64, seed=0) + [PROMPTS[0], PLAIN[0]]
+    assert torch.equal(fast(texts), tok(texts))
+    width = tok(texts).shape[1]  # rows are the padded tensor's rows up to end-of-text (token 0 is '!', not padding)
+    assert all(r.tolist() + [0] * (width - len(r)) == row.tolist() for r, row in zip(fast.rows(texts), tok(texts)))
+
+
+def test_phrase_pool_pairs_equal_indexing():
+    phrases = {"a": ["a1", "a2"], "c": ["c1", "c2", "c3"]}
+    pool = PhrasePool(["c", "a"], phrases)
+    idx = torch.tensor([4, 0, 2, 3, 3]).numpy()
+    assert pool.pairs(idx) == [pool[j] for j in idx]
+
+
 def test_phrase_pool_indexes_like_the_list():
     phrases = {"a": ["a1", "a2"], "b": [], "c": ["c1", "c2", "c3"]}
     pool = PhrasePool(["c", "x", "a", "b"], phrases)
@@ -126,12 +151,14 @@ def test_run_with_tokenizer_processes_and_prefetch_equals_serial(micro_backbone,
     prefetched = []
     real_prefetch = TokenCache.prefetch
 
-    def spy(self, texts):
-        prefetched.append(len(texts))
-        return real_prefetch(self, texts)
+    def spy(self, texts):  # records the calls that started work in the processes
+        before = len(self._pending)
+        real_prefetch(self, texts)
+        if len(self._pending) > before:
+            prefetched.append(len(texts))
     monkeypatch.setattr(TokenCache, "prefetch", spy)
     monkeypatch.setattr(oti, "TokenCache", functools.partial(TokenCache, parallel_from=1))
     workers = oti.run_oti(micro_backbone, ids, feats, ranked, phrases, templates, cfg, progress=False,
                           tokenizer_workers=2)
-    assert len(prefetched) == 2  # batches 2 and 3 were tokenized while the one before ran
+    assert len(prefetched) == 3  # batch 1 before it ran, batches 2 and 3 while the one before ran; no repeats
     assert torch.equal(workers.ema_tokens, serial.ema_tokens)

@@ -1,0 +1,141 @@
+"""Where the fast OTI path spends its time: run-wide set-up, per-batch set-up and the steps, with a kernel profile.
+
+``benchmarks/oti.py`` times whole runs; this script splits one batch into its phases (synchronising CUDA around
+each), so the figures say what to make faster:
+
+- run-wide, once per run: tokenizing the drawn phrases (with the template and phrase caches cold);
+- per batch, caches warm: plans, phrase rows, the phrase table, the plain-phrase features;
+- per step: ``invert_batch`` with the caches warm, at several batch sizes, eager and optionally ``torch.compile``;
+- a ``torch.profiler`` table of a few steps: the kernels that take the GPU's time, and host time against device
+  time (a step whose host time exceeds its device time is launch-bound).
+
+    python benchmarks/oti_profile.py --model test-tiny-vit --batches 64 128 --steps 5
+    python benchmarks/oti_profile.py --model ViT-B-32 --device cuda --batches 1024 2048 4096 --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+import torch
+
+from _common import Timer, add_out_args, base_record, emit, peak_rss_mib
+from oti import load_templates, synthetic_inputs
+
+from searle_lib.backbones import create_backbone
+from searle_lib.config import ModelConfig, OTIConfig
+from searle_lib.oti import FastContext, _phrase_rows, invert_batch, plan_image, phrase_pool, replace_concept
+
+
+def step_time(b, feats, plans, templates, cfg, ctx, device: str, steps: int) -> dict:
+    """Seconds of ``invert_batch`` at 0 steps (per-batch set-up, caches warm) and at ``steps``; ms per step."""
+    invert_batch(b, feats, plans, templates, replace(cfg, steps=3), fast_context=ctx)  # warm
+    with Timer(device) as t0:
+        invert_batch(b, feats, plans, templates, replace(cfg, steps=0), fast_context=ctx)
+    with Timer(device) as t:
+        invert_batch(b, feats, plans, templates, replace(cfg, steps=steps), fast_context=ctx)
+    ms = 1000 * (t.seconds - t0.seconds) / steps
+    return {"batch": len(plans), "batch_setup_s": round(t0.seconds, 3), "ms_per_step": round(ms, 2),
+            "images_per_s_at_350_steps_only": round(len(plans) / (0.350 * ms), 2),
+            "images_per_s_at_350_with_batch_setup": round(len(plans) / (t0.seconds + 0.350 * ms), 2)}
+
+
+def kernel_profile(b, feats, plans, templates, cfg, ctx, device: str, steps: int, rows: int = 15) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    run = lambda n: invert_batch(b, feats, plans, templates, replace(cfg, steps=n),  # noqa
+                                 fast_context=ctx)
+    run(0)
+    with profile(activities=acts) as prof:
+        run(steps)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    ev = prof.key_averages()
+    cuda = device.startswith("cuda")
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    top = sorted(ev, key=lambda e: getattr(e, key, 0), reverse=True)[:rows]
+    print(ev.table(sort_by=key, row_limit=rows), file=sys.stderr)
+    return {"steps": steps,
+            "host_ms_per_step": round(sum(e.self_cpu_time_total for e in ev) / 1000 / steps, 2),
+            "device_ms_per_step": round(sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1000 / steps, 2),
+            "ops_per_step": round(sum(e.count for e in ev if e.key.startswith("aten::")) / steps),
+            "top": [{"name": e.key[:90], "ms_per_step": round(getattr(e, key, 0) / 1000 / steps, 3),
+                     "calls_per_step": round(e.count / steps, 1)} for e in top]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="test-tiny-vit")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64])
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--concepts", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=None, help="tokenizer processes (default 8 on CUDA, 0 on CPU)")
+    ap.add_argument("--compile", nargs="*", default=[], help="torch.compile modes to time too ('default', ...)")
+    ap.add_argument("--threads", type=int, default=0)
+    add_out_args(ap)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    b = create_backbone(ModelConfig(name=args.model, pretrained=None), args.device)
+    templates, template_kind = load_templates(None)
+    n = max(args.batches)
+    ids, feats, ranked, phrases = synthetic_inputs(n, b.feature_dim, args.concepts)
+    cfg = OTIConfig(batch_size=n, mode="fast")
+    workers = args.workers if args.workers is not None else (8 if cuda else 0)
+    ctx = FastContext(b, templates, tokenizer_workers=workers)
+    phases = {}
+    with Timer(args.device) as t:
+        plans = [plan_image(i, 42, b.token_dim, len(templates), phrase_pool(ranked[i][:15], phrases), cfg)
+                 for i in ids]
+    phases["plans_s"] = t.seconds
+    with Timer(args.device) as t:
+        keys, _ = _phrase_rows(plans)
+    phases["phrase_rows_s"] = t.seconds
+    texts = [replace_concept(p, c) for p, c in keys] + [p for p, _ in keys]
+    with Timer(args.device) as t:
+        ctx.tokens.ensure(texts)
+    phases.update(tokenize_s=t.seconds, strings_tokenized=len(texts), tokenizer_workers=workers)
+    with Timer(args.device) as t:
+        ctx.table(ctx.tokens.stack(texts[:len(keys)]))
+    phases["phrase_table_s"] = t.seconds
+    with Timer(args.device) as t, torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+        ctx.plain.get(texts[len(keys):])
+    phases["plain_features_s"] = t.seconds
+    phases = {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()}
+    print(phases, file=sys.stderr)
+
+    eager = {}
+    for bs in args.batches:
+        eager[str(bs)] = step_time(b, feats[:bs], plans[:bs], templates, cfg, ctx, args.device, args.steps)
+        print(bs, eager[str(bs)], file=sys.stderr)
+    bs0 = min(args.batches)
+    prof = kernel_profile(b, feats[:bs0], plans[:bs0], templates, cfg, ctx, args.device, args.profile_steps)
+    compiled = {}
+    for mode in args.compile:
+        cctx = FastContext(b, templates, compile=True if mode == "default" else mode, tokenizer_workers=0)
+        cctx.tokens, cctx.plain.tokens = ctx.tokens, ctx.tokens
+        bs = max(args.batches)
+        try:
+            with Timer(args.device) as tc:
+                invert_batch(b, feats[:bs], plans[:bs], templates, replace(cfg, steps=20),
+                             fast_context=cctx)
+            compiled[mode] = {"first_20_steps_s": round(tc.seconds, 1),
+                              **step_time(b, feats[:bs], plans[:bs], templates, cfg, cctx, args.device, args.steps)}
+        except Exception as e:  # a compile failure is a finding, not a crash of the whole profile
+            compiled[mode] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(mode, compiled[mode], file=sys.stderr)
+    ctx.close()
+    record = base_record("oti_profile", args.device, model=args.model, weights="random init",
+                         templates=template_kind, concepts=args.concepts, phases=phases, eager=eager,
+                         compiled=compiled, profile={"batch": bs0, **prof}, peak_rss_mib=peak_rss_mib())
+    if cuda:
+        record["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    emit(record, f"oti-profile-{args.model}", args.device, args)
+
+
+if __name__ == "__main__":
+    main()
