@@ -75,10 +75,10 @@ class ImagePlan:
     init: torch.Tensor  # [d]
     templates: torch.Tensor  # [steps] template index per step
     phrases: torch.Tensor  # [steps] index into ``pool`` per step (-1 when the pool is empty)
-    pool: Sequence[tuple[str, str]]
+    pool: PhrasePool  # (phrase, concept) pairs; an empty one (or []) means no GPT regularisation
 
 
-def plan_image(image_id: str, seed: int, dim: int, n_templates: int, pool: Sequence[tuple[str, str]],
+def plan_image(image_id: str, seed: int, dim: int, n_templates: int, pool: PhrasePool,
                cfg: OTIConfig) -> ImagePlan:
     g = image_generator(seed, image_id)
     init = torch.randn(dim, generator=g) * cfg.init_std
@@ -131,8 +131,7 @@ def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.T
             rows.append(torch.zeros(len(p.phrases), dtype=torch.long))
             continue
         uniq, inv = torch.unique(p.phrases, return_inverse=True)
-        pairs = p.pool.pairs(uniq.numpy()) if isinstance(p.pool, PhrasePool) else [p.pool[j] for j in uniq.tolist()]
-        ids = [slot.setdefault(pair, len(slot)) for pair in pairs]
+        ids = [slot.setdefault(pair, len(slot)) for pair in p.pool.pairs(uniq.numpy())]
         rows.append(torch.tensor(ids, dtype=torch.long)[inv])
     return list(slot), torch.stack(rows)
 

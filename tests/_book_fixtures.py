@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import functools
 import http.server
 import importlib
 import json
+import re
 import shutil
 import sys
 import threading
