@@ -85,6 +85,12 @@ queries_fig = plots.image_grid(paths, titles, ncols=6, title="Query kinds: refer
 
 # %% [markdown]
 # ## How the tiny CLIP was trained
+#
+# The curve and times below are those of the training run that wrote the weights. On a fresh machine those are the
+# weights shipped in the repository's `weights/` folder: `scripts/ship_weights.py` stored them after training them
+# with this preset, and they are used only when this machine renders the same pretraining images and rebuilds the
+# trained checkpoint byte for byte (`searle_lib/weights.py`); otherwise, or with `pretrain.shipped=false`, the CLIP
+# is trained here (about 8 minutes on 2 cores). The row `weights` says which happened in this run.
 
 # %%
 bb = pipeline.backbone(cfg)
@@ -94,7 +100,8 @@ curve = pd.DataFrame({"step": [20 * i for i in range(len(record["loss_curve"]))]
 loss_fig = plots.line_curves(curve, x="step", y="loss", hue="model", ylabel="contrastive loss",
                              title="Tiny CLIP pretraining (mean of 20 steps)")
 pd.Series({"pairs": record["pairs"], "steps": record["steps"], **{f"seconds_{k}": v for k, v in
-                                                                    record["seconds"].items()}}).to_frame("value")
+                                                                    record["seconds"].items()},
+           "weights": record.get("source", "trained on this machine")}).to_frame("value")
 
 # %% [markdown]
 # ## What the tiny CLIP learned
@@ -119,5 +126,5 @@ probe_fig = plots.bar_panels(probes, x="probe", y="accuracy", panel="domain", yl
 metrics = {d: {k: v for k, v in q.items() if isinstance(v, float)} for d, q in quality.items()}
 save_run(cfg, "world", metrics, figures={"unlabeled": grid, "queries": queries_fig, "pretraining": loss_fig,
                                          "probes": probe_fig}, tables={"quality": qtable},
-         extra={"manifest_counts": manifest["counts"], "pretraining": {k: record[k] for k in
-                                                                      ("pairs", "steps", "seconds")}})
+         extra={"manifest_counts": manifest["counts"], "pretraining": {k: record.get(k) for k in
+                                                                      ("pairs", "steps", "seconds", "source")}})

@@ -149,6 +149,7 @@ class PretrainConfig:
     hard_negatives: bool = True  # add each caption's stored hard negative (one-edit-away scene) as a candidate text
     family_batches: bool = True  # keep a family (a scene and its one-edit variants) in one batch: hard negatives
     out_dir: str = "data/checkpoints"  # where checkpoints are cached (keyed by a config + data hash)
+    shipped: bool = True  # use the repository's weights/ for this key when they match (``weights.py``)
     eval_size: int = 500  # held-out scenes used by the quality report
 
 

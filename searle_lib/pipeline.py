@@ -55,7 +55,7 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> StudyConfig:
     if cfg.data.dataset == "embedded" and cfg.data.root is None:
         changes["data.root"] = str(world_root(cfg))
     if cfg.model.pretrained is None and cfg.model.checkpoint is None:
-        changes["model.checkpoint"] = str(pretrain_clip(cfg, progress=progress))
+        changes["model.checkpoint"] = str(pretrain_clip(cfg, progress=progress, log=print if progress else None))
     return apply_overrides(cfg, changes)
 
 

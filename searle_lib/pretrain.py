@@ -16,6 +16,8 @@ decay. Two details differ from plain CLIP training, both for speed or correctnes
 
 The checkpoint is cached in ``cfg.pretrain.out_dir`` under a hash of the model name and architecture, the world's
 content hash, the pretraining config and the seed, with a JSON beside it; it is reused until one of them changes.
+On a fresh machine the copy shipped in the repository's ``weights/`` for the same hash is used when it matches
+this machine's world bit for bit (``weights.py``; ``pretrain.shipped=false`` trains instead).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from .world.quality import clip_quality
 from .world.truth import Encoded, encode_meanings, encode_scenes, truth
 
 PRETRAIN_VERSION = 1  # bump when the training procedure changes: cached checkpoints are retrained
-_UNHASHED = ("out_dir", "eval_size")
+_UNHASHED = ("out_dir", "eval_size", "shipped")
 
 __all__ = ["pretrain_clip", "pretrain_key", "checkpoint_paths", "encode_text", "load_images", "clip_quality"]
 
@@ -288,6 +290,10 @@ def pretrain_clip(cfg: StudyConfig, out_dir: str | Path | None = None, world_roo
     t0 = time.time()
     manifest = build_world(cfg.world, root)
     t_world = time.time() - t0
+    if cfg.pretrain.shipped and not force:
+        from .weights import restore
+        if restore(cfg, ckpt, root, log):
+            return ckpt
     torch.set_num_threads(2)
     torch.manual_seed(cfg.run.seed)
     backbone = create_backbone(dataclasses.replace(cfg.model, pretrained=None, checkpoint=None), "cpu")
