@@ -189,7 +189,8 @@ def create_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> Bac
     if cfg.checkpoint:
         load_clip_checkpoint(model, cfg.checkpoint)
     model = model.to(device).eval().requires_grad_(False)  # SEARLE keeps the whole CLIP frozen
-    tokenizer = open_clip.get_tokenizer(cfg.name)
+    from ._oti_fast import WordMemoTokenizer  # here: _oti_fast imports this module
+    tokenizer = WordMemoTokenizer.wrap(open_clip.get_tokenizer(cfg.name))  # open_clip's ids, bit for bit, faster
     pp = model.visual.preprocess_cfg
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
