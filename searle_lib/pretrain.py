@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,7 +315,7 @@ def pretrain_clip(cfg: StudyConfig, out_dir: str | Path | None = None, world_roo
             "seconds": {"world": round(t_world, 2), "load": round(t_load, 2),
                         "train": round(record["seconds"], 2)},
             "steps": record["steps"], "torch_threads": torch.get_num_threads()}
-    tmp = meta_path.with_suffix(".tmp")
+    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")  # per process, as the checkpoint's
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)
     log(f"saved {ckpt} (loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f})")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -101,7 +102,7 @@ def restore(cfg: StudyConfig, ckpt: Path, world_root: str | Path, log: Callable[
     embed[state.pop(_ROWS)] = state.pop(_EMBED)
     state[_EMBED] = embed
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_suffix(".tmp")
+    tmp = ckpt.with_suffix(f".{os.getpid()}.tmp")
     save_file(state, str(tmp))
     if file_digest(tmp) != checks.get("checkpoint_sha256"):
         tmp.unlink()
