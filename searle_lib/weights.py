@@ -85,8 +85,9 @@ def ship(cfg: StudyConfig, ckpt: str | Path, weights_dir: str | Path | None = No
 
 def restore(cfg: StudyConfig, ckpt: Path, world_root: str | Path, log: Callable[[str], None],
             weights_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """Rebuild the shipped copy of checkpoint ``ckpt`` (its file name carries the key) there (with its record beside it) when every check passes;
-    returns the record, or None (after logging why) when the CLIP must be trained instead."""
+    """Rebuild the shipped copy of checkpoint ``ckpt`` (its file name carries the key) at ``ckpt``, with its
+    record beside it, when every check passes; returns the record, or None (after logging why) when the CLIP must
+    be trained instead."""
     from safetensors.torch import load_file, save_file
     src, record_path = _paths(ckpt.stem, Path(weights_dir or WEIGHTS_DIR))
     if not (src.is_file() and record_path.is_file()):
