@@ -88,16 +88,20 @@ def add_out_args(ap) -> None:
     ap.add_argument("--tag", default="", help="appended to the file name (e.g. a second configuration)")
 
 
-def emit(record: dict[str, Any], name: str, device: str, args) -> Path | None:
-    """Print ``record`` as JSON and write it to ``<out>/<name>[-tag]-<device>.json`` unless ``--no-save``."""
-    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(record, indent=1)
-    print(text)
+def save(record: dict[str, Any], name: str, device: str, args) -> Path | None:
+    """Write ``record`` to ``<out>/<name>[-tag]-<device>.json`` unless ``--no-save``; returns the path."""
     if args.no_save:
         return None
-    slug = device_slug(device)
-    path = Path(args.out) / f"{name}{'-' + args.tag if args.tag else ''}-{slug}.json"
+    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    path = Path(args.out) / f"{name}{'-' + args.tag if args.tag else ''}-{device_slug(device)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     return path
+
+
+def emit(record: dict[str, Any], name: str, device: str, args) -> Path | None:
+    """Print ``record`` as JSON and ``save`` it."""
+    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(record, indent=1))
+    return save(record, name, device, args)

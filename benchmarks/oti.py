@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from _common import PALAVRA_TEMPLATES, Timer, add_out_args, base_record, emit, peak_rss_mib
+from _common import PALAVRA_TEMPLATES, Timer, add_out_args, base_record, emit, peak_rss_mib, save
 
 from searle_lib.backbones import create_backbone
 from searle_lib.config import ModelConfig, OTIConfig
@@ -109,7 +109,8 @@ def main() -> None:
     ap.add_argument("--phrases", type=int, default=256, help="phrases per concept (official 256)")
     ap.add_argument("--templates", default=None, help="template file (one per line); default the PALAVRA 24")
     ap.add_argument("--ablation", action="store_true",
-                    help="also time the fast path without the prefix split (what computing prefixes once saves)")
+                    help="also time the fast path without the prefix split (what computing prefixes once saves) "
+                         "and without length groups (what running each step's short prompts short saves)")
     ap.add_argument("--compile", default=None, help="also time the fast path with torch.compile (True or a mode)")
     ap.add_argument("--check-images", type=int, default=0,
                     help="CUDA: also compare both paths in fp32 on this many images (exactness without rounding "
@@ -134,8 +135,9 @@ def main() -> None:
         run_oti(b, ids[:2], feats[:2], ranked, phrases, templates, OTIConfig(steps=2, mode=mode), progress=False)
     sub = lambda k: (b, ids[:k], feats[:k], ranked, phrases, templates)  # noqa: E731
     variants = {"reference": (args.ref_images, ref_cfg, {}), "fast": (args.fast_images, fast_cfg, {})}
-    if args.ablation:
+    if args.ablation:  # what each saving of the fast path is worth, one switched off at a time
         variants["fast_without_prefix_split"] = (args.fast_images, fast_cfg, {"split_prefix": False})
+        variants["fast_without_length_groups"] = (args.fast_images, fast_cfg, {"length_groups": 1})
     compile_s = None
     if args.compile:
         mode = True if args.compile in ("1", "true", "True") else args.compile
@@ -170,6 +172,9 @@ def main() -> None:
         exactness_variants={name: token_diff(results["reference"], res, m) for name, res in results.items()
                             if name not in ("reference", "fast")},
         official_h100_images_per_s={"ViT-B-32": 0.46, "ViT-L-14": 0.44}.get(args.model))
+    # the timings are on disk before the checks below run: a time limit that ends the run there keeps them
+    save({**record, "incomplete": "written after the timings; the noise floor and fp32 check had not run"},
+         f"oti-{args.model}", args.device, args)
     if args.noise_images:  # the reference against itself from initial tokens one rounding step away
         k = min(args.noise_images, m)
         plan = oti_module.plan_image

@@ -5,7 +5,8 @@ each), so the figures say what to make faster:
 
 - run-wide, once per run: tokenizing the drawn phrases (with the template and phrase caches cold);
 - per batch, caches warm: plans, phrase rows, the phrase table, the plain-phrase features;
-- per step: ``invert_batch`` with the caches warm, at several batch sizes, eager and optionally ``torch.compile``;
+- per step: ``invert_batch`` with the caches warm, at several batch sizes and length-group counts (1: every
+  step's rows at the batch's longest prompt), eager and optionally ``torch.compile``;
 - a ``torch.profiler`` table of a few steps: the kernels that take the GPU's time, and host time against device
   time (a step whose host time exceeds its device time is launch-bound).
 
@@ -70,7 +71,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batches", type=int, nargs="+", default=[64])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    ap.add_argument("--length-groups", type=int, nargs="+", default=[4],
+                    help="length groups per step to time (run_oti's length_groups; the first is the default 4)")
     ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--plan-steps", type=int, default=350,
+                    help="steps each image's plan draws phrases for (the per-batch set-up encodes them all); "
+                         "fewer makes a CPU run affordable but understates the set-up")
     ap.add_argument("--concepts", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=None, help="tokenizer processes (default 8 on CUDA, 0 on CPU)")
     ap.add_argument("--compile", nargs="*", default=[], help="torch.compile modes to time too ('default', ...)")
@@ -84,7 +90,7 @@ def main() -> None:
     templates, template_kind = load_templates(None)
     n = max(args.batches)
     ids, feats, ranked, phrases = synthetic_inputs(n, b.feature_dim, args.concepts)
-    cfg = OTIConfig(batch_size=n, mode="fast")
+    cfg = OTIConfig(batch_size=n, mode="fast", steps=max(args.plan_steps, args.steps, 3))
     workers = args.workers if args.workers is not None else (8 if cuda else 0)
     ctx = FastContext(b, templates, tokenizer_workers=workers)
     phases = {}
@@ -110,8 +116,13 @@ def main() -> None:
 
     eager = {}
     for bs in args.batches:
-        eager[str(bs)] = step_time(b, feats[:bs], plans[:bs], templates, cfg, ctx, args.device, args.steps)
-        print(bs, eager[str(bs)], file=sys.stderr)
+        for groups in args.length_groups:
+            ctx.length_groups = groups
+            key = str(bs) if groups == args.length_groups[0] else f"{bs}_length_groups_{groups}"
+            eager[key] = {"length_groups": groups,
+                          **step_time(b, feats[:bs], plans[:bs], templates, cfg, ctx, args.device, args.steps)}
+            print(key, eager[key], file=sys.stderr)
+    ctx.length_groups = args.length_groups[0]
     bs0 = min(args.batches)
     prof = kernel_profile(b, feats[:bs0], plans[:bs0], templates, cfg, ctx, args.device, args.profile_steps)
     compiled = {}
@@ -130,7 +141,8 @@ def main() -> None:
         print(mode, compiled[mode], file=sys.stderr)
     ctx.close()
     record = base_record("oti_profile", args.device, model=args.model, weights="random init",
-                         templates=template_kind, concepts=args.concepts, phases=phases, eager=eager,
+                         templates=template_kind, concepts=args.concepts, plan_steps=cfg.steps, phases=phases,
+                         eager=eager,
                          compiled=compiled, profile={"batch": bs0, **prof}, peak_rss_mib=peak_rss_mib())
     if cuda:
         record["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -45,7 +45,7 @@ from .backbones import Backbone
 from .chunkstore import ChunkStore, dist_info, save_tensors_atomic
 from .config import OTIConfig
 from .distributed import barrier, gather_rows
-from ._oti_fast import FeatureCache, PhrasePool, TokenCache, TokenTable, tower_for
+from ._oti_fast import FeatureCache, PhrasePool, StepRows, TokenCache, TokenTable, tower_for
 from .text_encoding import encode_tokens
 
 PLACEHOLDER_PROMPT = " $ "
@@ -104,12 +104,14 @@ class FastContext:
     """What the fast path keeps for a whole run: the text tower, the template table, token and phrase caches."""
 
     def __init__(self, backbone: Backbone, templates: Sequence[str], template_tokens: torch.Tensor | None = None,
-                 compile: bool | str = False, tokenizer_workers: int = 0, split_prefix: bool = True):
+                 compile: bool | str = False, tokenizer_workers: int = 0, split_prefix: bool = True,
+                 length_groups: int = 4):
         if template_tokens is None:
             template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
         self.backbone = backbone
         self.tower = tower_for(backbone, compile)
         self.split_prefix = split_prefix and self.tower.functional
+        self.length_groups = length_groups
         self.templates = self.table(template_tokens)
         self.tokens = TokenCache(backbone.tokenizer, workers=tokenizer_workers)
         self.plain = FeatureCache(self.tower, self.tokens)
@@ -163,28 +165,25 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
     weight_gpt = cfg.lambda_gpt * has_phrase.float()
     if fast:  # every step's rows and truncation length are known before the loop: no host work per step
         ctx = fast_context or FastContext(backbone, templates, template_tokens)
-        t_len = ctx.templates.step_lengths(t_idx)
-        t_rows = t_idx.T.contiguous().to(dev)  # [steps, B]
+        t_steps = StepRows(ctx.templates, t_idx, ctx.length_groups)
         if use_gpt:
             keys, u_idx = phrase_rows or _phrase_rows(plans)
-            p_table = ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys]))
-            p_len = p_table.step_lengths(u_idx)
-            p_rows = u_idx.T.contiguous().to(dev)
+            p_steps = StepRows(ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys])), u_idx,
+                               ctx.length_groups)
             with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 plain = ctx.plain.get([p for p, _ in keys])  # each plain phrase once per chunk
     last = torch.zeros(B, device=dev)
     for step in tqdm(range(cfg.steps), disable=not progress, desc="OTI steps", leave=False):
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             if fast:
-                l_cos = _cos_loss(ctx.tower(ctx.templates, t_rows[step], t_len[step], v), f_img)
+                l_cos = _cos_loss(t_steps.features(ctx.tower, step, v), f_img)
             else:  # official cost: build and tokenize the strings every step, full context length
                 t_tok = backbone.tokenize([templates[int(j)].format(PLACEHOLDER_PROMPT) for j in t_idx[:, step]])
                 l_cos = _cos_loss(encode_tokens(backbone, t_tok, v, truncate_batch=False), f_img)
             loss_rows = cfg.lambda_cos * l_cos
             if use_gpt:
                 if fast:
-                    rows = p_rows[step]
-                    l_gpt = _cos_loss(ctx.tower(p_table, rows, p_len[step], v), plain[rows])
+                    l_gpt = _cos_loss(p_steps.features(ctx.tower, step, v), plain[p_steps.rows[step]])
                 else:
                     picked = [p.pool[int(p.phrases[step])] if p.pool else _any_phrase(plans)
                               for p in plans]
@@ -230,7 +229,7 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             templates: Sequence[str], cfg: OTIConfig, *, seed: int = 42, out_dir: str | Path | None = None,
             config_hash: str = "", force_restart: bool = False, progress: bool = True,
             compile: bool | str | None = None, tokenizer_workers: int | None = None,
-            split_prefix: bool = True) -> OTIResult:
+            split_prefix: bool = True, length_groups: int = 4) -> OTIResult:
     """Invert every image; with ``out_dir``, results go to resumable chunks and merge to ``oti_tokens.safetensors``.
 
     Under ``torchrun`` (an initialised ``torch.distributed`` group) each process inverts its share of the chunks
@@ -248,6 +247,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             one runs (default: 0 on CPU, where the cores are busy with the model; up to 8 on CUDA).
         split_prefix: fast path: compute each prompt's part before the placeholder once (``_oti_fast``); off only
             to measure what it saves.
+        length_groups: fast path: each step's rows sorted by length and run in up to this many groups, each at
+            its own longest length (``StepRows``); 1 runs the batch at its longest, to measure what it saves.
     """
     ids = list(ids)
     templates = list(templates)
@@ -256,8 +257,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         compile = getattr(cfg, "compile", False)
     if tokenizer_workers is None:
         tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" else 0
-    ctx = FastContext(backbone, templates, template_tokens, compile, tokenizer_workers, split_prefix) \
-        if cfg.mode == "fast" else None
+    ctx = None if cfg.mode != "fast" else FastContext(backbone, templates, template_tokens, compile,
+                                                      tokenizer_workers, split_prefix, length_groups)
     feats = {i: image_features[n] for n, i in enumerate(ids)}
 
     def plans_for(chunk_ids: Sequence[str]) -> list[ImagePlan]:

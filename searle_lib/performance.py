@@ -54,8 +54,9 @@ def oti_table(bench: pd.DataFrame) -> pd.DataFrame:
                   "reference.batch": "ref batch", "reference.images_per_s_at_350": "ref images/s (350 steps)",
                   "fast.batch": "fast batch", "fast.images_per_s_at_350": "fast images/s (350 steps)",
                   "speedup.fast": "speed-up", "speedup.fast_without_prefix_split": "speed-up without prefix split",
+                  "speedup.fast_without_length_groups": "speed-up without length groups",
                   "speedup.fast_compiled": "speed-up compiled", "fast.cuda_peak_gib": "fast CUDA peak GiB",
-                  "device.load_average_1m_at_start": "load (1 min)"})
+                  "device.load_average_1m_at_start": "load (1 min)", "incomplete": "incomplete run"})
     goal = t["model"].map(lambda m: OFFICIAL_H100_IMAGES_PER_S.get(m, float("nan")) * GOAL_FACTOR.get(m, 0))
     on_gpu = t["kind"] == "cuda"
     if not (on_gpu & goal.notna()).any():  # the goal columns only where a GPU run can be held against them

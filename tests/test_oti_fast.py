@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from searle_lib._oti_fast import (FastTextTower, FeatureCache, PhrasePool, TokenCache, TokenTable,
+from searle_lib._oti_fast import (FastTextTower, FeatureCache, PhrasePool, StepRows, TokenCache, TokenTable,
                                   WordMemoTokenizer)
 from searle_lib.text_encoding import encode_texts, encode_tokens
 
@@ -46,6 +46,30 @@ def test_step_lengths_are_each_steps_longest_prompt(micro_backbone):
     rows = torch.tensor([[0, 1], [2, 1]])  # [images, steps]
     assert table.step_lengths(rows) == [max(lengths[0], lengths[2]), lengths[1]]
 
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_length_groups_give_each_group_its_own_length_and_the_same_features(micro_backbone, tower, split):
+    b = micro_backbone
+    table = TokenTable(b, b.tokenize(PROMPTS), split_prefix=split)
+    idx = torch.randint(len(PROMPTS), (9, 5), generator=torch.Generator().manual_seed(1))  # [images, steps]
+    grouped, whole = StepRows(table, idx, groups=3), StepRows(table, idx, groups=1)
+    lengths = table.host_lengths[idx]
+    for step in range(idx.shape[1]):
+        spans = grouped.spans[step]
+        assert spans[0][0] == 0 and spans[-1][1] == 9 and all(a[1] == c[0] for a, c in zip(spans, spans[1:]))
+        for a, e, n in spans:  # every row of a group fits its length, and the longest needs it
+            assert int(lengths[grouped.order[step, a:e], step].max()) == n
+        assert whole.spans[step] == [(0, 9, int(lengths[:, step].max()))]
+        v1 = torch.randn(9, b.token_dim, generator=torch.Generator().manual_seed(step)).requires_grad_()
+        v2 = v1.detach().clone().requires_grad_()
+        f1, f2 = grouped.features(tower, step, v1), whole.features(tower, step, v2)
+        torch.testing.assert_close(f1, f2, rtol=1e-5, atol=1e-6)
+        target = torch.randn_like(f1)
+        (f1 * target).sum().backward()
+        (f2 * target).sum().backward()
+        torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)
+    assert any(len(s) > 1 for s in grouped.spans)  # the groups really split some steps
 
 def test_prompt_without_placeholder_is_refused(micro_backbone):
     with pytest.raises(ValueError, match="no placeholder"):
