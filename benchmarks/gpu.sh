@@ -17,6 +17,8 @@
 #   token differences that rounding alone causes; about a minute more per model).
 #   With COMPILE=1, one more ViT-B/32 OTI run times the fast path under torch.compile (mode reduce-overhead:
 #   CUDA graphs), after a first untimed run that compiles (minutes).
+#   With PROFILE=1, benchmarks/oti_profile.py splits each model's fast path into set-up and steps, and times the
+#   steps with 4 length groups and with 1 (what the groups save on this GPU; about a minute per model).
 # A step that fails is reported and the next one runs; the exit status says whether any failed.
 # Expected time on one H100: about 3 + 3.5 + 1 + 1 + 1 minutes (the reference OTI batches dominate).
 set -uo pipefail
@@ -69,6 +71,13 @@ if [ "${COMPILE:-0}" = 1 ]; then
   run "oti-compiled-ViT-B-32" 600 "$PY" benchmarks/oti.py --model ViT-B-32 --device "$DEVICE" --steps "$STEPS" \
     --ref-images "$REF" --ref-batch 32 --fast-images "$FAST_B32" --fast-batch "$BATCH_B32" --concepts 2000 \
     --compile reduce-overhead --tag compiled --out "$OUT_DIR"
+fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  for model in ViT-B-32 ViT-L-14; do
+    batch=$BATCH_B32; [ "$model" = ViT-L-14 ] && batch=$BATCH_L14
+    run "oti-profile-$model" 300 "$PY" benchmarks/oti_profile.py --model "$model" --device "$DEVICE" \
+      --batches "$batch" --steps 20 --plan-steps "$STEPS" --length-groups 4 1 --out "$OUT_DIR"
+  done
 fi
 for model in ViT-B-32 ViT-L-14; do
   run "phi-$model" 300 "$PY" benchmarks/phi.py --model "$model" --device "$DEVICE" --steps "$PHI_STEPS" \

@@ -41,6 +41,8 @@
 # - the part of each prompt before the placeholder never sees the pseudo-token, so its keys and values are
 #   computed once per run (the 24 templates have about ten distinct prefixes, the GPT phrases "a photo of
 #   <concept> that ..." mostly one), and each step computes only the positions from the placeholder on;
+# - each step's rows are sorted by length and run in up to four groups, each only up to its own longest prompt
+#   (phrases run from about 8 to 30 tokens, so a group of short ones no longer pays for the batch's longest);
 # - in the last block only the end-of-text position is computed (the only one pooled);
 # - each plain phrase's feature is computed once per run, not every step;
 # - on a GPU: batches of 1,024 to 4,096 images, bf16 autocast, fused AdamW, causal flash attention, and the next
@@ -85,7 +87,8 @@ performance.gpu_status(tables["oti"])
 #
 # One row per run (a model on a device). "speed-up" is the fast path's image-steps per second over the
 # reference path's, both measured in that run (best of its rounds); "without prefix split" is the fast path
-# with every prompt computed from its first token, to show what computing the prefixes once adds. The token
+# with every prompt computed from its first token, to show what computing the prefixes once adds, and "without
+# length groups" the fast path with every step's rows run at the batch's longest prompt. The token
 # columns compare the two paths' EMA tokens over the images both inverted: the largest absolute difference,
 # the same relative to the largest token element, and the smallest cosine similarity of an image's two tokens.
 #
@@ -113,6 +116,17 @@ oti if len(oti) else "No OTI benchmark results yet: run benchmarks/oti.py (see i
 
 # %%
 tables["oti_exactness"] if len(tables["oti_exactness"]) else "No OTI benchmark results yet."
+
+# %% [markdown]
+# ## OTI steps alone: what length groups save
+#
+# `benchmarks/oti_profile.py` times the fast path's steps without the run's set-up (caches warm), for each
+# number of length groups: 1 runs every step's rows at the batch's longest prompt, more sorts them by length and
+# runs each group at its own longest. The rows of one file come from one run on one machine; on a CPU the steps
+# are compute-bound, so the speed-up there is about the padding the groups remove.
+
+# %%
+tables["oti_steps"] if len(tables["oti_steps"]) else "No step profile yet: run benchmarks/oti_profile.py."
 
 # %% [markdown]
 # ## phi training

@@ -16,7 +16,8 @@ Two paths with identical randomness:
 - ``fast``: the same computation without the waste (``_oti_fast``): every string tokenized once per run and
   every step's rows and truncation length fixed before the loop (no host work per step); each prompt's part
   before the placeholder (which never sees the pseudo-token) computed once, and each step only the positions
-  from the placeholder to end-of-text (exact: the text tower is causal, see ``text_encoding``); in the last
+  from the placeholder to end-of-text (exact: the text tower is causal, see ``text_encoding``), each step's
+  rows sorted by length and run in up to four groups, each at its own longest length; in the last
   block only the pooled end-of-text position; each plain phrase encoded once per chunk; bf16 autocast on
   CUDA, large batches, fused AdamW; ``torch.compile`` behind a flag. Equal to ``reference`` up to rounding
   (``tests/test_oti.py``: 1e-5 after 12 steps; ``benchmarks/oti.py`` reports the difference it measures).

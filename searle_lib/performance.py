@@ -87,6 +87,27 @@ def oti_exactness_table(bench: pd.DataFrame) -> pd.DataFrame:
                      "exactness_fp32.max_abs_token_diff": "max |diff|, fp32 check"})
 
 
+
+def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size and number of
+    length groups, and the speed-up of the groups over one group at the same batch, measured in the same run."""
+    w = wide(bench)
+    files = (w[w["benchmark"] == "oti_profile"] if "benchmark" in w else w.iloc[:0]).reindex(columns=["file", "model"])
+    rows = bench[bench["file"].isin(files["file"]) & bench["key"].str.startswith("eager.")].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    parts = rows["key"].str.split(".", n=2, expand=True)
+    rows["run"], rows["field"] = parts[1], parts[2]
+    t = rows.pivot_table(index=["file", "device", "run"], columns="field", values="value", aggfunc="first")
+    t = t.reset_index().merge(files, on="file")
+    one = t[t["length_groups"] == 1].set_index(["file", "batch"])["ms_per_step"]
+    t["speed-up over 1 group"] = [round(one.get((f, b), float("nan")) / ms, 2)
+                                  for f, b, ms in zip(t["file"], t["batch"], t["ms_per_step"])]
+    return _cols(t.sort_values(["file", "batch", "length_groups"]), {
+        "model": "model", "device": "device", "batch": "batch", "length_groups": "length groups",
+        "ms_per_step": "ms per step", "images_per_s_at_350_steps_only": "images/s at 350 steps (steps only)",
+        "speed-up over 1 group": "speed-up over 1 group"})
+
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
     w = wide(bench)
     w = w[w.get("benchmark") == "phi"] if "benchmark" in w else w.iloc[:0]
@@ -124,8 +145,8 @@ def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(bench: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {"oti": oti_table(bench), "oti_exactness": oti_exactness_table(bench), "phi": phi_table(bench), "features": features_table(bench),
-            "retrieval": retrieval_table(bench)}
+    return {"oti": oti_table(bench), "oti_exactness": oti_exactness_table(bench), "oti_steps": oti_steps_table(bench),
+            "phi": phi_table(bench), "features": features_table(bench), "retrieval": retrieval_table(bench)}
 
 
 def speedup_bars(oti: pd.DataFrame) -> pd.DataFrame:

@@ -29,7 +29,13 @@ def test_tables_and_gpu_goal(tmp_path):
         {"gallery": 10000, "exact_queries_per_s": 800.0, "faiss": {"queries_per_s": 5000.0,
                                                                    "recall_at_50_vs_exact": 0.9}},
         {"gallery": 123403, "exact_queries_per_s": 80.0}]})
+    _write(tmp_path, "oti-profile-ViT-B-32-cpu.json", {
+        "benchmark": "oti_profile", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32",
+        "eager": {"128": {"batch": 128, "length_groups": 4, "ms_per_step": 50.0},
+                  "128_length_groups_1": {"batch": 128, "length_groups": 1, "ms_per_step": 60.0}}})
     t = performance.tables(collect_benchmarks(tmp_path))
+    steps = t["oti_steps"]
+    assert list(steps["length groups"]) == [1, 4] and list(steps["speed-up over 1 group"]) == [1.0, 1.2]
     oti = t["oti"].set_index("device")
     assert oti.loc["AMD EPYC", "speed-up"] == 12.0 and oti["goal images/s (H100)"].isna().sum() == 1
     gpu = t["oti"][t["oti"]["device"] == "NVIDIA H100"].set_index("model")
