@@ -89,10 +89,10 @@ def add_out_args(ap) -> None:
 
 
 def save(record: dict[str, Any], name: str, device: str, args) -> Path | None:
-    """Write ``record`` to ``<out>/<name>[-tag]-<device>.json`` unless ``--no-save``; returns the path."""
+    """Write ``record`` (with the load average now) to ``<out>/<name>[-tag]-<device>.json`` unless ``--no-save``."""
+    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.no_save:
         return None
-    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     path = Path(args.out) / f"{name}{'-' + args.tag if args.tag else ''}-{device_slug(device)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -101,7 +101,7 @@ def save(record: dict[str, Any], name: str, device: str, args) -> Path | None:
 
 
 def emit(record: dict[str, Any], name: str, device: str, args) -> Path | None:
-    """Print ``record`` as JSON and ``save`` it."""
-    record["device"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    """``save`` ``record`` and print it as JSON."""
+    path = save(record, name, device, args)
     print(json.dumps(record, indent=1))
-    return save(record, name, device, args)
+    return path

@@ -515,14 +515,13 @@ class StepRows:
 
     def __init__(self, table: TokenTable, idx: torch.Tensor, groups: int = 4):
         dev = table.tokens.device
-        lengths = table.host_lengths[idx]  # [B, steps]
         B = idx.shape[0]
         self.table, self.rows = table, idx.T.contiguous().to(dev)  # [steps, B], batch order
         if groups <= 1 or B < 2 * groups:
             self.order = None
-            self.spans = [[(0, B, n)] for n in lengths.max(0).values.tolist()]
+            self.spans = [[(0, B, n)] for n in table.step_lengths(idx)]
             return
-        sorted_len, order = lengths.sort(dim=0, stable=True)
+        sorted_len, order = table.host_lengths[idx].sort(dim=0, stable=True)  # [B, steps]
         ends = sorted({-(-B * g // groups) for g in range(1, groups + 1)})
         self.spans = []
         for col in sorted_len.T.tolist():  # per step: (start, end, length), equal lengths merged

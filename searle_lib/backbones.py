@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from .chunkstore import tmp_path
 from .config import ConfigError, ModelConfig
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -221,6 +222,6 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: concurrent writers of one key never collide
+    tmp = tmp_path(path)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)

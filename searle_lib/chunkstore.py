@@ -49,6 +49,12 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def tmp_path(path: Path) -> Path:
+    """A per-process name to write ``path`` under before renaming it into place: two processes writing the same
+    file at once (two runs sharing a cache) never rename each other's half-written file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

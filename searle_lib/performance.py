@@ -87,19 +87,26 @@ def oti_exactness_table(bench: pd.DataFrame) -> pd.DataFrame:
                      "exactness_fp32.max_abs_token_diff": "max |diff|, fp32 check"})
 
 
-
-def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
-    """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size and number of
-    length groups, and the speed-up of the groups over one group at the same batch, measured in the same run."""
+def _sub_runs(bench: pd.DataFrame, benchmark: str, prefix: str) -> pd.DataFrame:
+    """One row per entry of a file's ``prefix`` record (``runs.0.gallery``, ``eager.128.ms_per_step``, ...) in the
+    files of ``benchmark``, with the file's model; empty when there is none."""
     w = wide(bench)
-    files = (w[w["benchmark"] == "oti_profile"] if "benchmark" in w else w.iloc[:0]).reindex(columns=["file", "model"])
-    rows = bench[bench["file"].isin(files["file"]) & bench["key"].str.startswith("eager.")].copy()
+    files = (w[w["benchmark"] == benchmark] if "benchmark" in w else w.iloc[:0]).reindex(columns=["file", "model"])
+    rows = bench[bench["file"].isin(files["file"]) & bench["key"].str.startswith(prefix + ".")].copy()
     if rows.empty:
         return pd.DataFrame()
     parts = rows["key"].str.split(".", n=2, expand=True)
     rows["run"], rows["field"] = parts[1], parts[2]
     t = rows.pivot_table(index=["file", "device", "run"], columns="field", values="value", aggfunc="first")
-    t = t.reset_index().merge(files, on="file")
+    return t.reset_index().merge(files, on="file")
+
+
+def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size and number of
+    length groups, and the speed-up of the groups over one group at the same batch, measured in the same run."""
+    t = _sub_runs(bench, "oti_profile", "eager")
+    if t.empty:
+        return t
     one = t[t["length_groups"] == 1].set_index(["file", "batch"])["ms_per_step"]
     t["speed-up over 1 group"] = [round(one.get((f, b), float("nan")) / ms, 2)
                                   for f, b, ms in zip(t["file"], t["batch"], t["ms_per_step"])]
@@ -107,6 +114,7 @@ def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
         "model": "model", "device": "device", "batch": "batch", "length_groups": "length groups",
         "ms_per_step": "ms per step", "images_per_s_at_350_steps_only": "images/s at 350 steps (steps only)",
         "speed-up over 1 group": "speed-up over 1 group"})
+
 
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
     w = wide(bench)
@@ -127,15 +135,9 @@ def features_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
     """Exact top-K (and FAISS) per gallery size; one row per (file, size)."""
-    rows = bench[bench["file"].isin(wide(bench).query("benchmark == 'retrieval'")["file"])] \
-        if "benchmark" in wide(bench) else bench.iloc[:0]
-    runs = rows[rows["key"].str.startswith("runs.")].copy()
-    if runs.empty:
-        return pd.DataFrame()
-    parts = runs["key"].str.split(".", n=2, expand=True)
-    runs["run"], runs["field"] = parts[1], parts[2]
-    t = runs.pivot_table(index=["file", "device", "run"], columns="field", values="value", aggfunc="first")
-    t = t.reset_index()
+    t = _sub_runs(bench, "retrieval", "runs")
+    if t.empty:
+        return t
     keep = {"device": "device", "gallery": "gallery", "queries": "queries", "k": "k",
             "exact_queries_per_s": "exact queries/s", "search_extra_peak_mb": "extra peak MiB",
             "cuda_peak_mb": "CUDA peak MiB", "faiss.queries_per_s": "FAISS queries/s"}

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .backbones import Backbone, create_backbone, save_clip_checkpoint
+from .chunkstore import tmp_path
 from .config import StudyConfig
 from .datasets.embedded import load_pretrain_pairs, load_scenes
 from .world import build_world, world_hash
@@ -315,7 +315,7 @@ def pretrain_clip(cfg: StudyConfig, out_dir: str | Path | None = None, world_roo
             "seconds": {"world": round(t_world, 2), "load": round(t_load, 2),
                         "train": round(record["seconds"], 2)},
             "steps": record["steps"], "torch_threads": torch.get_num_threads()}
-    tmp = meta_path.with_suffix(f".{os.getpid()}.tmp")  # per process, as the checkpoint's
+    tmp = tmp_path(meta_path)
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_path)
     log(f"saved {ckpt} (loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f})")

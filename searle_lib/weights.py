@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .backbones import create_backbone
+from .chunkstore import tmp_path
 from .config import StudyConfig
 from .datasets.embedded import load_pretrain_pairs
 
@@ -103,7 +103,7 @@ def restore(cfg: StudyConfig, ckpt: Path, world_root: str | Path, log: Callable[
     embed[state.pop(_ROWS)] = state.pop(_EMBED)
     state[_EMBED] = embed
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_suffix(f".{os.getpid()}.tmp")
+    tmp = tmp_path(ckpt)
     save_file(state, str(tmp))
     if file_digest(tmp) != checks.get("checkpoint_sha256"):
         tmp.unlink()

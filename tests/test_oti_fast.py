@@ -47,7 +47,6 @@ def test_step_lengths_are_each_steps_longest_prompt(micro_backbone):
     assert table.step_lengths(rows) == [max(lengths[0], lengths[2]), lengths[1]]
 
 
-
 @pytest.mark.parametrize("split", [False, True])
 def test_length_groups_give_each_group_its_own_length_and_the_same_features(micro_backbone, tower, split):
     b = micro_backbone
@@ -70,6 +69,7 @@ def test_length_groups_give_each_group_its_own_length_and_the_same_features(micr
         (f2 * target).sum().backward()
         torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)
     assert any(len(s) > 1 for s in grouped.spans)  # the groups really split some steps
+
 
 def test_prompt_without_placeholder_is_refused(micro_backbone):
     with pytest.raises(ValueError, match="no placeholder"):
