@@ -43,6 +43,14 @@ want=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
     say "installing requirements (pinned by constraints.txt); torch comes from this machine's local wheels where pip is set up for it"
+    # The venv takes ~6.2 GiB on x86_64 (torch's CUDA build), plus pip's unpacking space: warn before pip fails
+    # midway with "No space left on device".
+    free_gib=$(df -Pk "$VENV" | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ -n "$free_gib" ] && [ "$free_gib" -lt 8 ]; then
+        say "warning: only $free_gib GiB free on the disk that holds $VENV; the packages need about 8 GiB while" \
+            "installing (torch's CUDA build); free some space (or set VENV to a folder on a larger disk) if pip" \
+            "stops with 'No space left on device'"
+    fi
     # (this machine's pip config lists local wheel folders; its "Location ... is ignored" notes are dropped)
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)

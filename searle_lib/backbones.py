@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from .chunkstore import tmp_path
+from .chunkstore import atomic_output
 from .config import ConfigError, ModelConfig
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -179,8 +179,8 @@ def create_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> Bac
             raise MissingWeightsError(
                 f"pretrained weights {cfg.name}/{cfg.pretrained} are not on this machine and downloads are off "
                 f"(HF_HUB_OFFLINE=1). Looked in:\n  " + "\n  ".join(places) +
-                f"\nProvide them by running once with network access (open_clip caches them there), or download "
-                f"the checkpoint yourself and set model.pretrained to its file path.")
+                "\nProvide them by running once with network access (open_clip caches them there), or download "
+                "the checkpoint yourself and set model.pretrained to its file path.")
     try:
         model, _, _ = open_clip.create_model_and_transforms(cfg.name, pretrained=pretrained,
                                                             force_quick_gelu=quick_gelu, device="cpu")
@@ -222,6 +222,5 @@ def save_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -55,18 +56,32 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.tmp")
 
 
+@contextmanager
+def atomic_output(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """Write ``path`` all at once: yields the temporary name (``tmp_path``) to write; when the block ends without
+    an error the file is flushed to disk and renamed into place, so a reader, or a run killed midway, sees the old
+    file or the new, never half of one. On an error the temporary file is removed (a killed process leaves it;
+    nothing reads ``*.tmp``)."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        yield tmp
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def dist_info() -> tuple[int, int]:

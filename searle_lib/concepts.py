@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import Backbone
+from .chunkstore import atomic_output
 from .config import ConfigError
 from .text_encoding import encode_texts
 
@@ -127,15 +128,11 @@ def write_concepts_csv(path: str | Path, image_ids: Sequence[str], concepts: Seq
         distributed.barrier()
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["Image Name", *range(1, top.shape[1] + 1)])
         for name, row in zip(image_ids, top.tolist()):
             w.writerow([name, *(concepts[j] for j in row)])
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file or the new
-    os.replace(tmp, path)
     distributed.barrier()
     return path
 

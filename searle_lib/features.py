@@ -31,14 +31,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .chunkstore import ChunkStore, dist_info, fsync_file, list_hash
+from .chunkstore import ChunkStore, atomic_write_text, dist_info, list_hash, save_tensors_atomic
 from .datasets.base import ImageSet
 from .images import ImageDataset, collate_images
 
@@ -159,16 +159,6 @@ def _with(base: Path, suffix: str) -> Path:
     return base.parent / (base.name + suffix)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _load_entry(base: Path, key: dict[str, Any]) -> FeatureSet | None:
     from safetensors.torch import load_file
     manifest_path, tensor_path = _with(base, ".json"), _with(base, ".safetensors")
@@ -186,13 +176,11 @@ def _load_entry(base: Path, key: dict[str, Any]) -> FeatureSet | None:
 
 
 def _save_entry(base: Path, prefix: str, key: dict[str, Any], fs: FeatureSet, seconds: float) -> None:
-    from safetensors.torch import save_file
     base.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"key": key, "ids": fs.ids, "skipped": fs.skipped, "feature_dim": int(fs.features.shape[1]),
                 "seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write(_with(base, ".safetensors"),
-                  lambda p: save_file({"features": fs.features.contiguous()}, str(p)))
-    _atomic_write(_with(base, ".json"), lambda p: p.write_text(json.dumps(manifest)))
+    save_tensors_atomic(_with(base, ".safetensors"), {"features": fs.features})
+    atomic_write_text(_with(base, ".json"), json.dumps(manifest))
     for old in base.parent.glob(prefix + "*"):  # stale entries of this image set and model
         if old.stem != base.name and old.suffix in (".json", ".safetensors"):
             old.unlink(missing_ok=True)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ._oti_fast import FeatureCache, TokenCache, TokenTable, tower_for
 from .backbones import Backbone
-from .chunkstore import ResumeMismatchError, fsync_file
+from .chunkstore import ResumeMismatchError, atomic_output
 from .config import ConfigError, PhiConfig
 from .oti import replace_concept
 from .text_encoding import encode_texts, encode_tokens
@@ -82,10 +82,8 @@ def save_phi(phi: Phi, path: str | Path, **extra) -> Path:
     """Official checkpoint layout ``{"Phi": state_dict, ...}`` (plus e.g. ``epoch``), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"Phi": phi.state_dict(), **extra}, tmp)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save({"Phi": phi.state_dict(), **extra}, tmp)
     return path
 
 

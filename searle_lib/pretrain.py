@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .backbones import Backbone, create_backbone, save_clip_checkpoint
-from .chunkstore import tmp_path
+from .chunkstore import atomic_write_text
 from .config import StudyConfig
 from .datasets.embedded import load_pretrain_pairs, load_scenes
 from .world import build_world, world_hash
@@ -315,8 +315,6 @@ def pretrain_clip(cfg: StudyConfig, out_dir: str | Path | None = None, world_roo
             "seconds": {"world": round(t_world, 2), "load": round(t_load, 2),
                         "train": round(record["seconds"], 2)},
             "steps": record["steps"], "torch_threads": torch.get_num_threads()}
-    tmp = tmp_path(meta_path)
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     log(f"saved {ckpt} (loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f})")
     return ckpt

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .chunkstore import atomic_write_text
 from .config import StudyConfig, _flatten  # _flatten: nested keys -> dotted keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,9 +190,7 @@ def to_jsonable(value: Any, key: str = "") -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, allow_nan=False) + "\n")
 
 
 def run_dir(cfg: StudyConfig, slug: str, out_dir: str | Path | None = None) -> Path:

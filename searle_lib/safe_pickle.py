@@ -16,6 +16,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from .chunkstore import atomic_output
+
 __all__ = ["ALLOWED_TYPES", "UnsafePickleError", "safe_load_pickle", "safe_loads", "atomic_pickle_dump"]
 
 ALLOWED_TYPES: tuple[type, ...] = (str, list, dict, tuple, int, float, bool, type(None))
@@ -117,10 +119,6 @@ def atomic_pickle_dump(obj: Any, path: str | os.PathLike, protocol: int = 4) -> 
     path = Path(path)
     _check_types(obj, str(path))  # write only what we would agree to read back
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(obj, f, protocol=protocol)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path

@@ -12,11 +12,11 @@ Each file is checked by its validator (every defect listed at once) and only the
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from .chunkstore import atomic_output
 from .datasets.base import CIRSplit
 from .metrics import SplitScores
 
@@ -156,12 +156,8 @@ def _encode(obj: Any) -> bytes:
 
 def _write_json(path: Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         tmp.write_bytes(_encode(obj))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

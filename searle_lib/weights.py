@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .backbones import create_backbone
-from .chunkstore import tmp_path
+from .chunkstore import atomic_write_text, tmp_path
 from .config import StudyConfig
 from .datasets.embedded import load_pretrain_pairs
 
@@ -112,7 +112,7 @@ def restore(cfg: StudyConfig, ckpt: Path, world_root: str | Path, log: Callable[
         return None
     tmp.replace(ckpt)
     meta["source"] = str(src)
-    ckpt.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    atomic_write_text(ckpt.with_suffix(".json"), json.dumps(meta, indent=1))
     log(f"using the shipped {src.name} (trained in {meta['seconds']['train']:.0f} s on "
         f"{meta.get('torch_threads', '?')} threads; pretrain.shipped=false retrains)")
     return meta

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import _official_fixtures as F
-from searle_lib.chunkstore import ResumeMismatchError
+from searle_lib.chunkstore import ResumeMismatchError, atomic_output
 from searle_lib.config import OTIConfig, PhiConfig, PhrasesConfig
 from searle_lib.datasets import ImageSet
 from searle_lib.features import extract_features
@@ -235,6 +235,21 @@ def _oti(b, feats, out, **kw):
                    progress=False, **kw)
 
 
+def test_atomic_output_replaces_whole_or_keeps_the_old_file(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_output(target) as tmp:
+            assert tmp.name == f"result.json.{os.getpid()}.tmp"  # per process: two writers never share it
+            tmp.write_text("half")
+            raise ValueError("the writer fails midway")
+    assert target.read_text() == "old" and not list(tmp_path.glob("*.tmp"))
+    with atomic_output(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # nothing visible until the block ends
+    assert target.read_text() == "new" and not list(tmp_path.glob("*.tmp"))
+
+
 def test_death_while_writing_an_oti_chunk(micro_backbone, feats, tmp_path, monkeypatch):
     ref = _oti(micro_backbone, feats, tmp_path / "ref")
     _die_on_replace(monkeypatch, r"chunk_00002\.safetensors")
@@ -242,7 +257,8 @@ def test_death_while_writing_an_oti_chunk(micro_backbone, feats, tmp_path, monke
         _oti(micro_backbone, feats, tmp_path / "run")
     monkeypatch.undo()
     chunks = tmp_path / "run" / "chunks"
-    assert (chunks / "chunk_00002.safetensors.tmp").is_file() and not (chunks / "chunk_00002.safetensors").exists()
+    assert len(list(chunks.glob("chunk_00002.safetensors.*.tmp"))) == 1  # the killed write's temporary file
+    assert not (chunks / "chunk_00002.safetensors").exists()
     res = _oti(micro_backbone, feats, tmp_path / "run")
     assert torch.equal(res.ema_tokens, ref.ema_tokens) and torch.equal(res.tokens, ref.tokens)
     assert (tmp_path / "run" / "oti_tokens.safetensors").read_bytes() == \
