@@ -18,7 +18,8 @@
 #   With COMPILE=1, one more ViT-B/32 OTI run times the fast path under torch.compile (mode reduce-overhead:
 #   CUDA graphs), after a first untimed run that compiles (minutes).
 #   With PROFILE=1, benchmarks/oti_profile.py splits each model's fast path into set-up and steps, and times the
-#   steps with 4 length groups and with 1 (what the groups save on this GPU; about a minute per model).
+#   steps with packed rows and without (what packing saves on this GPU, and the operators each launches per step;
+#   about a minute per model).
 # A step that fails is reported and the next one runs; the exit status says whether any failed.
 # Expected time on one H100: about 3 + 3.5 + 1 + 1 + 1 minutes (the reference OTI batches dominate).
 set -uo pipefail
@@ -76,7 +77,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   for model in ViT-B-32 ViT-L-14; do
     batch=$BATCH_B32; [ "$model" = ViT-L-14 ] && batch=$BATCH_L14
     run "oti-profile-$model" 300 "$PY" benchmarks/oti_profile.py --model "$model" --device "$DEVICE" \
-      --batches "$batch" --steps 20 --plan-steps "$STEPS" --length-groups 4 1 --out "$OUT_DIR"
+      --batches "$batch" --steps 20 --plan-steps "$STEPS" --unpacked --out "$OUT_DIR"
   done
 fi
 for model in ViT-B-32 ViT-L-14; do

@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--templates", default=None, help="template file (one per line); default the PALAVRA 24")
     ap.add_argument("--ablation", action="store_true",
                     help="also time the fast path without the prefix split (what computing prefixes once saves) "
-                         "and without length groups (what running each step's short prompts short saves)")
+                         "and without packed rows (what computing each prompt only to its own end saves)")
     ap.add_argument("--compile", default=None, help="also time the fast path with torch.compile (True or a mode)")
     ap.add_argument("--check-images", type=int, default=0,
                     help="CUDA: also compare both paths in fp32 on this many images (exactness without rounding "
@@ -137,7 +137,7 @@ def main() -> None:
     variants = {"reference": (args.ref_images, ref_cfg, {}), "fast": (args.fast_images, fast_cfg, {})}
     if args.ablation:  # what each saving of the fast path is worth, one switched off at a time
         variants["fast_without_prefix_split"] = (args.fast_images, fast_cfg, {"split_prefix": False})
-        variants["fast_without_length_groups"] = (args.fast_images, fast_cfg, {"length_groups": 1})
+        variants["fast_without_packing"] = (args.fast_images, fast_cfg, {"pack_rows": False})
     compile_s = None
     if args.compile:
         mode = True if args.compile in ("1", "true", "True") else args.compile

@@ -5,10 +5,11 @@ each), so the figures say what to make faster:
 
 - run-wide, once per run: tokenizing the drawn phrases (with the template and phrase caches cold);
 - per batch, caches warm: plans, phrase rows, the phrase table, the plain-phrase features;
-- per step: ``invert_batch`` with the caches warm, at several batch sizes and length-group counts (1: every
-  step's rows at the batch's longest prompt), eager and optionally ``torch.compile``;
-- a ``torch.profiler`` table of a few steps: the kernels that take the GPU's time, and host time against device
-  time (a step whose host time exceeds its device time is launch-bound).
+- per step: ``invert_batch`` with the caches warm, at several batch sizes, with packed rows (the default) and
+  with ``--unpacked`` also without (every step's rows at the step's longest prompt), eager and optionally
+  ``torch.compile``;
+- a ``torch.profiler`` table of a few steps: the kernels that take the GPU's time, host time against device
+  time (a step whose host time exceeds its device time is launch-bound) and operators launched per step.
 
     python benchmarks/oti_profile.py --model test-tiny-vit --batches 64 128 --steps 5
     python benchmarks/oti_profile.py --model ViT-B-32 --device cuda --batches 1024 2048 4096 --steps 30
@@ -71,8 +72,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batches", type=int, nargs="+", default=[64])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
-    ap.add_argument("--length-groups", type=int, nargs="+", default=[4],
-                    help="length groups per step to time (run_oti's length_groups; the first is the default 4)")
+    ap.add_argument("--unpacked", action="store_true",
+                    help="also time and profile the steps without packed rows (run_oti's pack_rows=False)")
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--plan-steps", type=int, default=350,
                     help="steps each image's plan draws phrases for (the per-batch set-up encodes them all); "
@@ -114,17 +115,18 @@ def main() -> None:
     phases = {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()}
     print(phases, file=sys.stderr)
 
-    eager = {}
-    for bs in args.batches:
-        for groups in args.length_groups:
-            ctx.length_groups = groups
-            key = str(bs) if groups == args.length_groups[0] else f"{bs}_length_groups_{groups}"
-            eager[key] = {"length_groups": groups,
-                          **step_time(b, feats[:bs], plans[:bs], templates, cfg, ctx, args.device, args.steps)}
-            print(key, eager[key], file=sys.stderr)
-    ctx.length_groups = args.length_groups[0]
-    bs0 = min(args.batches)
-    prof = kernel_profile(b, feats[:bs0], plans[:bs0], templates, cfg, ctx, args.device, args.profile_steps)
+    eager, profiles = {}, {}
+    for packed in [True, False] if args.unpacked else [True]:
+        ctx.pack_rows = packed
+        suffix = "" if packed else "_unpacked"
+        for bs in args.batches:
+            eager[f"{bs}{suffix}"] = {"packed": packed, **step_time(b, feats[:bs], plans[:bs], templates, cfg, ctx,
+                                                                    args.device, args.steps)}
+            print(f"{bs}{suffix}", eager[f"{bs}{suffix}"], file=sys.stderr)
+        bs0 = min(args.batches)
+        profiles["profile" + suffix] = kernel_profile(b, feats[:bs0], plans[:bs0], templates, cfg, ctx, args.device,
+                                                      args.profile_steps)
+    ctx.pack_rows = True
     compiled = {}
     for mode in args.compile:
         cctx = FastContext(b, templates, compile=True if mode == "default" else mode, tokenizer_workers=0)
@@ -142,8 +144,9 @@ def main() -> None:
     ctx.close()
     record = base_record("oti_profile", args.device, model=args.model, weights="random init",
                          templates=template_kind, concepts=args.concepts, plan_steps=cfg.steps, phases=phases,
-                         eager=eager,
-                         compiled=compiled, profile={"batch": bs0, **prof}, peak_rss_mib=peak_rss_mib())
+                         eager=eager, compiled=compiled,
+                         **{k: {"batch": min(args.batches), **v} for k, v in profiles.items()},
+                         peak_rss_mib=peak_rss_mib())
     if cuda:
         record["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     emit(record, f"oti-profile-{args.model}", args.device, args)

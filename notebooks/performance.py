@@ -88,7 +88,7 @@ performance.gpu_status(tables["oti"])
 # One row per run (a model on a device). "speed-up" is the fast path's image-steps per second over the
 # reference path's, both measured in that run (best of its rounds); "without prefix split" is the fast path
 # with every prompt computed from its first token, to show what computing the prefixes once adds, and "without
-# length groups" the fast path with every step's rows run at the batch's longest prompt. The token
+# packed rows" the fast path with every step's rows run at the step's longest prompt. The token
 # columns compare the two paths' EMA tokens over the images both inverted: the largest absolute difference,
 # the same relative to the largest token element, and the smallest cosine similarity of an image's two tokens.
 #
@@ -118,12 +118,17 @@ oti if len(oti) else "No OTI benchmark results yet: run benchmarks/oti.py (see i
 tables["oti_exactness"] if len(tables["oti_exactness"]) else "No OTI benchmark results yet."
 
 # %% [markdown]
-# ## OTI steps alone: what length groups save
+# ## OTI steps alone: what packed rows save
 #
-# `benchmarks/oti_profile.py` times the fast path's steps without the run's set-up (caches warm), for each
-# number of length groups: 1 runs every step's rows at the batch's longest prompt, more sorts them by length and
-# runs each group at its own longest. The rows of one file come from one run on one machine; on a CPU the steps
-# are compute-bound, so the speed-up there is about the padding the groups remove.
+# `benchmarks/oti_profile.py` times the fast path's steps without the run's set-up (caches warm), with packed
+# rows (each prompt computed only to its own end-of-text; attention alone is padded to the step's longest) and
+# without (every row at the step's longest prompt). The rows of one file come from one run on one machine. On a
+# CPU the steps are compute-bound, so the speed-up there is the padding packing removes. "operators per step"
+# counts the operators `torch.profiler` records in a step (forward and backward, at the file's smallest batch):
+# on a GPU each is a kernel launch that the host pays for whatever the batch, so a change that saves compute
+# but multiplies them can leave a GPU step bound by the host. That is why the fast path packs rows instead of
+# splitting each step's rows into length groups, as it did before: the groups removed about as much padding on
+# the CPU, but every group ran the whole tower, so a step launched its operators once per group.
 
 # %%
 tables["oti_steps"] if len(tables["oti_steps"]) else "No step profile yet: run benchmarks/oti_profile.py."

@@ -106,13 +106,13 @@ class FastContext:
 
     def __init__(self, backbone: Backbone, templates: Sequence[str], template_tokens: torch.Tensor | None = None,
                  compile: bool | str = False, tokenizer_workers: int = 0, split_prefix: bool = True,
-                 length_groups: int = 4):
+                 pack_rows: bool = True):
         if template_tokens is None:
             template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
         self.backbone = backbone
         self.tower = tower_for(backbone, compile)
         self.split_prefix = split_prefix and self.tower.functional
-        self.length_groups = length_groups
+        self.pack_rows = pack_rows
         self.templates = self.table(template_tokens)
         self.tokens = TokenCache(backbone.tokenizer, workers=tokenizer_workers)
         self.plain = FeatureCache(self.tower, self.tokens)
@@ -166,11 +166,11 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
     weight_gpt = cfg.lambda_gpt * has_phrase.float()
     if fast:  # every step's rows and truncation length are known before the loop: no host work per step
         ctx = fast_context or FastContext(backbone, templates, template_tokens)
-        t_steps = StepRows(ctx.templates, t_idx, ctx.length_groups)
+        t_steps = StepRows(ctx.templates, t_idx, ctx.pack_rows)
         if use_gpt:
             keys, u_idx = phrase_rows or _phrase_rows(plans)
             p_steps = StepRows(ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys])), u_idx,
-                               ctx.length_groups)
+                               ctx.pack_rows)
             with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 plain = ctx.plain.get([p for p, _ in keys])  # each plain phrase once per chunk
     last = torch.zeros(B, device=dev)
@@ -230,7 +230,7 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             templates: Sequence[str], cfg: OTIConfig, *, seed: int = 42, out_dir: str | Path | None = None,
             config_hash: str = "", force_restart: bool = False, progress: bool = True,
             compile: bool | str | None = None, tokenizer_workers: int | None = None,
-            split_prefix: bool = True, length_groups: int = 4) -> OTIResult:
+            split_prefix: bool = True, pack_rows: bool = True) -> OTIResult:
     """Invert every image; with ``out_dir``, results go to resumable chunks and merge to ``oti_tokens.safetensors``.
 
     Under ``torchrun`` (an initialised ``torch.distributed`` group) each process inverts its share of the chunks
@@ -248,8 +248,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             one runs (default: 0 on CPU, where the cores are busy with the model; up to 8 on CUDA).
         split_prefix: fast path: compute each prompt's part before the placeholder once (``_oti_fast``); off only
             to measure what it saves.
-        length_groups: fast path: each step's rows sorted by length and run in up to this many groups, each at
-            its own longest length (``StepRows``); 1 runs the batch at its longest, to measure what it saves.
+        pack_rows: fast path: each step's rows computed only up to their own end (``StepRows``); off runs
+            them all at the step's longest, only to measure what packing saves.
     """
     ids = list(ids)
     templates = list(templates)
@@ -259,7 +259,7 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
     if tokenizer_workers is None:
         tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" else 0
     ctx = None if cfg.mode != "fast" else FastContext(backbone, templates, template_tokens, compile,
-                                                      tokenizer_workers, split_prefix, length_groups)
+                                                      tokenizer_workers, split_prefix, pack_rows)
     feats = {i: image_features[n] for n, i in enumerate(ids)}
 
     def plans_for(chunk_ids: Sequence[str]) -> list[ImagePlan]:

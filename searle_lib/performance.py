@@ -54,7 +54,7 @@ def oti_table(bench: pd.DataFrame) -> pd.DataFrame:
                   "reference.batch": "ref batch", "reference.images_per_s_at_350": "ref images/s (350 steps)",
                   "fast.batch": "fast batch", "fast.images_per_s_at_350": "fast images/s (350 steps)",
                   "speedup.fast": "speed-up", "speedup.fast_without_prefix_split": "speed-up without prefix split",
-                  "speedup.fast_without_length_groups": "speed-up without length groups",
+                  "speedup.fast_without_packing": "speed-up without packed rows",
                   "speedup.fast_compiled": "speed-up compiled", "fast.cuda_peak_gib": "fast CUDA peak GiB",
                   "device.load_average_1m_at_start": "load (1 min)", "incomplete": "incomplete run"})
     goal = t["model"].map(lambda m: OFFICIAL_H100_IMAGES_PER_S.get(m, float("nan")) * GOAL_FACTOR.get(m, 0))
@@ -102,18 +102,26 @@ def _sub_runs(bench: pd.DataFrame, benchmark: str, prefix: str) -> pd.DataFrame:
 
 
 def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
-    """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size and number of
-    length groups, and the speed-up of the groups over one group at the same batch, measured in the same run."""
+    """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size with packed
+    rows and without, the speed-up of packing at the same batch (same run), and the operators a step launches
+    (profiled at the file's smallest batch: on a GPU each is a kernel launch the host pays for)."""
     t = _sub_runs(bench, "oti_profile", "eager")
     if t.empty:
         return t
-    one = t[t["length_groups"] == 1].set_index(["file", "batch"])["ms_per_step"]
-    t["speed-up over 1 group"] = [round(one.get((f, b), float("nan")) / ms, 2)
-                                  for f, b, ms in zip(t["file"], t["batch"], t["ms_per_step"])]
-    return _cols(t.sort_values(["file", "batch", "length_groups"]), {
-        "model": "model", "device": "device", "batch": "batch", "length_groups": "length groups",
+    t["packed"] = ~t["run"].str.endswith("_unpacked")  # oti_profile's keys: "<batch>" and "<batch>_unpacked"
+    unpacked = t[~t["packed"]].set_index(["file", "batch"])["ms_per_step"]
+    t["speed-up of packing"] = [round(unpacked.get((f, b), float("nan")) / ms, 2) if p else float("nan")
+                                for f, b, ms, p in zip(t["file"], t["batch"], t["ms_per_step"], t["packed"])]
+    w = wide(bench).set_index("file")
+    ops = {(f, p): w.get(f"profile{'' if p else '_unpacked'}.ops_per_step", pd.Series(dtype=float)).get(f)
+           for f, p in zip(t["file"], t["packed"])}
+    profiled = {f: w.get("profile.batch", pd.Series(dtype=float)).get(f) for f in t["file"]}
+    t["ops per step"] = [ops[f, p] if profiled[f] == b else float("nan")
+                         for f, p, b in zip(t["file"], t["packed"], t["batch"])]
+    return _cols(t.sort_values(["file", "batch", "packed"], ascending=[True, True, False]), {
+        "model": "model", "device": "device", "batch": "batch", "packed": "packed rows",
         "ms_per_step": "ms per step", "images_per_s_at_350_steps_only": "images/s at 350 steps (steps only)",
-        "speed-up over 1 group": "speed-up over 1 group"})
+        "speed-up of packing": "speed-up of packing", "ops per step": "operators per step"})
 
 
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ def test_scripts_write_json_named_by_device(tmp_path):
                "--fast-images", "5", "--fast-batch", "4", "--concepts", "20", "--phrases", "8", "--ablation",
                "--noise-images", "2")
     assert oti["reference"]["images"] == 3 and oti["fast"]["batch"] == 4
-    assert set(oti["speedup"]) == {"fast", "fast_without_prefix_split", "fast_without_length_groups"}
+    assert set(oti["speedup"]) == {"fast", "fast_without_prefix_split", "fast_without_packing"}
     assert oti["exactness"]["images_compared"] == 3 and oti["exactness"]["max_abs_token_diff"] < 1e-5
     assert oti["device"]["type"] == "cpu" and oti["device"]["name"]
     assert oti["noise_floor"]["reference_vs_nudged_reference"]["images_compared"] == 2

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from searle_lib._oti_fast import (FastTextTower, FeatureCache, PhrasePool, StepRows, TokenCache, TokenTable,
-                                  WordMemoTokenizer)
+from searle_lib._oti_fast import (FastTextTower, FeatureCache, Packing, PhrasePool, StepRows, TokenCache,
+                                  TokenTable, WordMemoTokenizer)
 from searle_lib.text_encoding import encode_texts, encode_tokens
 
 PROMPTS = ["a photo of a  $ ", " $ ", "We see a  $  in this image", "a photo of  $  that is detailed and shows it up"]
@@ -26,7 +26,7 @@ def test_features_and_gradients_equal_the_module_path(micro_backbone, tower, fun
     try:
         table = TokenTable(b, b.tokenize(PROMPTS))
         rows = torch.tensor([2, 0, 3, 0, 1])
-        length = table.step_lengths(rows[:, None])[0]
+        length = int(table.host_lengths[rows].max())
         v1 = torch.randn(len(rows), b.token_dim, generator=torch.Generator().manual_seed(0)).requires_grad_()
         v2 = v1.detach().clone().requires_grad_()
         fast = tower(table, rows, length, v1)
@@ -40,35 +40,37 @@ def test_features_and_gradients_equal_the_module_path(micro_backbone, tower, fun
         tower.functional = True
 
 
-def test_step_lengths_are_each_steps_longest_prompt(micro_backbone):
-    table = TokenTable(micro_backbone, micro_backbone.tokenize(PROMPTS))
-    lengths = table.host_lengths.tolist()
-    rows = torch.tensor([[0, 1], [2, 1]])  # [images, steps]
-    assert table.step_lengths(rows) == [max(lengths[0], lengths[2]), lengths[1]]
-
-
 @pytest.mark.parametrize("split", [False, True])
-def test_length_groups_give_each_group_its_own_length_and_the_same_features(micro_backbone, tower, split):
+def test_packed_rows_compute_each_row_to_its_end_with_the_same_features(micro_backbone, tower, split):
     b = micro_backbone
     table = TokenTable(b, b.tokenize(PROMPTS), split_prefix=split)
     idx = torch.randint(len(PROMPTS), (9, 5), generator=torch.Generator().manual_seed(1))  # [images, steps]
-    grouped, whole = StepRows(table, idx, groups=3), StepRows(table, idx, groups=1)
+    packed, padded = StepRows(table, idx), StepRows(table, idx, pack=False)
     lengths = table.host_lengths[idx]
     for step in range(idx.shape[1]):
-        spans = grouped.spans[step]
-        assert spans[0][0] == 0 and spans[-1][1] == 9 and all(a[1] == c[0] for a, c in zip(spans, spans[1:]))
-        for a, e, n in spans:  # every row of a group fits its length, and the longest needs it
-            assert int(lengths[grouped.order[step, a:e], step].max()) == n
-        assert whole.spans[step] == [(0, 9, int(lengths[:, step].max()))]
+        pack = packed.packs[step]
+        assert pack.S == padded.packs[step].S == int(lengths[:, step].max())
+        assert pack.pos is not None and len(pack.pos) == int(lengths[:, step].sum())  # no padded position
+        assert padded.packs[step].pos is None
         v1 = torch.randn(9, b.token_dim, generator=torch.Generator().manual_seed(step)).requires_grad_()
         v2 = v1.detach().clone().requires_grad_()
-        f1, f2 = grouped.features(tower, step, v1), whole.features(tower, step, v2)
+        f1, f2 = packed.features(tower, step, v1), padded.features(tower, step, v2)
         torch.testing.assert_close(f1, f2, rtol=1e-5, atol=1e-6)
         target = torch.randn_like(f1)
         (f1 * target).sum().backward()
         (f2 * target).sum().backward()
         torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-6)
-    assert any(len(s) > 1 for s in grouped.spans)  # the groups really split some steps
+
+
+def test_packing_pads_and_unpads_each_rows_own_positions():
+    lengths, eot = torch.tensor([3, 1, 2]), torch.tensor([2, 0, 1])
+    pack = Packing.of_lengths(lengths, eot, torch.device("cpu"))
+    assert pack.pos.tolist() == [0, 1, 2, 3, 6, 7] and pack.pooled.tolist() == [2, 3, 5]
+    x = torch.arange(6.0).view(6, 1)
+    assert pack.pad(x).squeeze(-1).tolist() == [[0, 1, 2], [3, 0, 0], [4, 5, 0]]
+    assert torch.equal(pack.unpad(pack.pad(x)), x)
+    same = Packing.of_lengths(torch.tensor([2, 2]), torch.tensor([1, 1]), torch.device("cpu"))
+    assert same.pos is None and same.pooled.tolist() == [1, 3]  # equal lengths: nothing to pack
 
 
 def test_prompt_without_placeholder_is_refused(micro_backbone):
@@ -145,7 +147,7 @@ def test_prefix_split_equals_the_module_path(micro_backbone, tower, with_grad):
     table = TokenTable(b, b.tokenize(prompts), split_prefix=True)
     assert table.split and table.prefixes.shape[0] == 4  # "a photo of a", "", "We see a", "a photo of"
     rows = torch.tensor([2, 0, 3, 0, 1, 4, 5])
-    length = table.step_lengths(rows[:, None])[0]
+    length = int(table.host_lengths[rows].max())
     v1 = torch.randn(len(rows), b.token_dim, generator=torch.Generator().manual_seed(0)).requires_grad_(with_grad)
     v2 = v1.detach().clone().requires_grad_(with_grad)
     fast = tower(table, rows, length, v1)

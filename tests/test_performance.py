@@ -31,11 +31,15 @@ def test_tables_and_gpu_goal(tmp_path):
         {"gallery": 123403, "exact_queries_per_s": 80.0}]})
     _write(tmp_path, "oti-profile-ViT-B-32-cpu.json", {
         "benchmark": "oti_profile", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32",
-        "eager": {"128": {"batch": 128, "length_groups": 4, "ms_per_step": 50.0},
-                  "128_length_groups_1": {"batch": 128, "length_groups": 1, "ms_per_step": 60.0}}})
+        "eager": {"128": {"batch": 128, "packed": True, "ms_per_step": 50.0},
+                  "128_unpacked": {"batch": 128, "packed": False, "ms_per_step": 60.0},
+                  "256": {"batch": 256, "packed": True, "ms_per_step": 90.0}},
+        "profile": {"batch": 128, "ops_per_step": 900}, "profile_unpacked": {"batch": 128, "ops_per_step": 800}})
     t = performance.tables(collect_benchmarks(tmp_path))
     steps = t["oti_steps"]
-    assert list(steps["length groups"]) == [1, 4] and list(steps["speed-up over 1 group"]) == [1.0, 1.2]
+    assert list(steps["packed rows"]) == [True, False, True] and list(steps["batch"]) == [128, 128, 256]
+    assert steps["speed-up of packing"].iloc[0] == 1.2 and steps["speed-up of packing"].iloc[1:].isna().all()
+    assert steps["operators per step"].iloc[:2].tolist() == [900, 800] and steps["operators per step"].isna().iloc[2]
     oti = t["oti"].set_index("device")
     assert oti.loc["AMD EPYC", "speed-up"] == 12.0 and oti["goal images/s (H100)"].isna().sum() == 1
     gpu = t["oti"][t["oti"]["device"] == "NVIDIA H100"].set_index("model")
