@@ -57,7 +57,7 @@ def tmp_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_output(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+def atomic_output(path: str | Path) -> Iterator[Path]:
     """Write ``path`` all at once: yields the temporary name (``tmp_path``) to write; when the block ends without
     an error the file is flushed to disk and renamed into place, so a reader, or a run killed midway, sees the old
     file or the new, never half of one. On an error the temporary file is removed (a killed process leaves it;
@@ -66,8 +66,7 @@ def atomic_output(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     tmp = tmp_path(path)
     try:
         yield tmp
-        if fsync:
-            fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except Exception:
         tmp.unlink(missing_ok=True)
