@@ -41,8 +41,8 @@
 # - the part of each prompt before the placeholder never sees the pseudo-token, so its keys and values are
 #   computed once per run (the 24 templates have about ten distinct prefixes, the GPT phrases "a photo of
 #   <concept> that ..." mostly one), and each step computes only the positions from the placeholder on;
-# - each step's rows are sorted by length and run in up to four groups, each only up to its own longest prompt
-#   (phrases run from about 8 to 30 tokens, so a group of short ones no longer pays for the batch's longest);
+# - each step's rows are packed: every prompt is computed only up to its own end-of-text, attention alone padded
+#   to the step's longest (phrases run from about 8 to 30 tokens, so a short one no longer pays for the longest);
 # - in the last block only the end-of-text position is computed (the only one pooled);
 # - each plain phrase's feature is computed once per run, not every step;
 # - on a GPU: batches of 1,024 to 4,096 images, bf16 autocast, fused AdamW, causal flash attention, and the next

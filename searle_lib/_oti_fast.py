@@ -423,12 +423,10 @@ class FastTextTower:
             x = t.transformer(x, attn_mask=None if mask is None else mask[:L, :L])
             return self._head(x[torch.arange(pack.B, device=x.device), pack.eot])
         x = pack.unpad(x)
+        kv, pid, keep = prefix if prefix is not None else (None, None, None)
         blocks = t.transformer.resblocks
         for n, blk in enumerate(blocks):
-            cached = None
-            if prefix is not None:
-                kv, pid, keep = prefix
-                cached = (kv[n][0][pid], kv[n][1][pid], keep)
+            cached = None if kv is None else (kv[n][0][pid], kv[n][1][pid], keep)
             x = _block(blk, x, pack, cached, last=n == len(blocks) - 1)
         return self._head(x)
 

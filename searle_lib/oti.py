@@ -17,7 +17,7 @@ Two paths with identical randomness:
   every step's rows and truncation length fixed before the loop (no host work per step); each prompt's part
   before the placeholder (which never sees the pseudo-token) computed once, and each step only the positions
   from the placeholder to end-of-text (exact: the text tower is causal, see ``text_encoding``), each step's
-  rows sorted by length and run in up to four groups, each at its own longest length; in the last
+  rows packed so that each prompt is computed only to its own end-of-text; in the last
   block only the pooled end-of-text position; each plain phrase encoded once per chunk; bf16 autocast on
   CUDA, large batches, fused AdamW; ``torch.compile`` behind a flag. Equal to ``reference`` up to rounding
   (``tests/test_oti.py``: 1e-5 after 12 steps; ``benchmarks/oti.py`` reports the difference it measures).
