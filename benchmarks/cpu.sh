@@ -17,6 +17,7 @@ run "$PY" benchmarks/oti.py --model test-tiny-vit --steps 20 --ref-images 32 --f
   --rounds 3 --ablation --noise-images 32 --compile 1
 run "$PY" benchmarks/oti.py --model ViT-B-32 --steps 5 --ref-images 32 --fast-images 128 --fast-batch 128 \
   --rounds 2 --ablation --noise-images 16
+run "$PY" benchmarks/oti_host.py --model ViT-B-32 --images 2048 --batch 1024 --workers 2
 run "$PY" benchmarks/phi.py --model test-tiny-vit --steps 20
 run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5
 run "$PY" benchmarks/features.py --model test-tiny-vit --images 256

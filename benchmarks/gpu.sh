@@ -19,7 +19,8 @@
 #   CUDA graphs), after a first untimed run that compiles (minutes).
 #   With PROFILE=1, benchmarks/oti_profile.py splits each model's fast path into set-up and steps, and times the
 #   steps with packed rows and without (what packing saves on this GPU, and the operators each launches per step;
-#   about a minute per model).
+#   about a minute per model), and benchmarks/oti_host.py times the host's share of the ViT-L/14 whole run (the
+#   text tower replaced by a stand-in: what this host alone allows, whatever the GPU; under a minute).
 # A step that fails is reported and the next one runs; the exit status says whether any failed.
 # Expected time on one H100: about 3 + 3.5 + 1 + 1 + 1 minutes (the reference OTI batches dominate).
 set -uo pipefail
@@ -42,9 +43,11 @@ fi
 if [ "$QUICK" = 1 ]; then
   STEPS=3; REF=4; FAST_B32=16; FAST_L14=8; BATCH_B32=8; BATCH_L14=8; CHECK=4; CHECK_STEPS=3
   PHI_STEPS=2; PHI_BATCH=32; FEAT=16; FEAT_BATCH=8; SIZES="2000 5000"; QUERIES="20 20"; WORKERS="0 2"
+  HOST_WORKERS=2
 else
   STEPS=350; REF=32; FAST_B32=8192; FAST_L14=2048; BATCH_B32=4096; BATCH_L14=2048; CHECK=64; CHECK_STEPS=50
   PHI_STEPS=50; PHI_BATCH=256; FEAT=2048; FEAT_BATCH=256; SIZES="10000 123403 1000000"; QUERIES="1000 1000 1000"; WORKERS="0 8"
+  HOST_WORKERS=8  # what run_oti uses on a 16-core GPU host
 fi
 
 run() {  # run <label> <timeout seconds> <command...>
@@ -79,6 +82,9 @@ if [ "${PROFILE:-0}" = 1 ]; then
     run "oti-profile-$model" 300 "$PY" benchmarks/oti_profile.py --model "$model" --device "$DEVICE" \
       --batches "$batch" --steps 20 --plan-steps "$STEPS" --unpacked --out "$OUT_DIR"
   done
+  fast=$FAST_L14; batch=$BATCH_L14
+  run "oti-host-ViT-L-14" 300 "$PY" benchmarks/oti_host.py --model ViT-L-14 --device "$DEVICE" --images "$fast" \
+    --batch "$batch" --steps "$STEPS" --workers "$HOST_WORKERS" --out "$OUT_DIR"
 fi
 for model in ViT-B-32 ViT-L-14; do
   run "phi-$model" 300 "$PY" benchmarks/phi.py --model "$model" --device "$DEVICE" --steps "$PHI_STEPS" \

@@ -46,7 +46,8 @@
 # - in the last block only the end-of-text position is computed (the only one pooled);
 # - each plain phrase's feature is computed once per run, not every step;
 # - on a GPU: batches of 1,024 to 4,096 images, bf16 autocast, fused AdamW, causal flash attention, and the next
-#   batch's phrases tokenized in worker processes while the current batch runs, with an exact word-memoising
+#   batch's phrases tokenized in worker processes while the current batch runs (the workers start in the
+#   background while this process tokenizes the first batch), with an exact word-memoising
 #   tokenizer (open_clip's ids, bit for bit, 7x faster); `torch.compile` is available behind a flag
 #   (`run_oti(..., compile=True)`) and off by default.
 #
@@ -132,6 +133,21 @@ tables["oti_exactness"] if len(tables["oti_exactness"]) else "No OTI benchmark r
 
 # %%
 tables["oti_steps"] if len(tables["oti_steps"]) else "No step profile yet: run benchmarks/oti_profile.py."
+
+# %% [markdown]
+# ## OTI on the host: what a GPU cannot speed up
+#
+# On a GPU the steps are kernels the host only launches; the host's own work (tokenizing the drawn phrases in
+# worker processes, each batch's plans, phrase rows, token tables and packed step rows) adds to a whole run
+# unless it overlaps the GPU's. `benchmarks/oti_host.py` runs a whole fast run with the text tower replaced by
+# a stand-in (the pseudo-token as its feature), so "host s" is the host's share alone and "host-bound images/s"
+# bounds a whole run's rate on that host whatever the GPU. It errs on the slow side: with the stand-in, the
+# next batch's tokenizing in the worker processes has no steps to hide behind. The parts are inclusive (the
+# set-up includes the tokenizing it waits for); waiting for the workers to start happens once per run, as the
+# worker processes start in the background and this process tokenizes meanwhile.
+
+# %%
+tables["oti_host"] if len(tables["oti_host"]) else "No host profile yet: run benchmarks/oti_host.py."
 
 # %% [markdown]
 # ## phi training

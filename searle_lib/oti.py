@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -131,12 +132,28 @@ def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.T
     rows = []
     for p in plans:
         if not p.pool:
-            rows.append(torch.zeros(len(p.phrases), dtype=torch.long))
+            rows.append(np.zeros(len(p.phrases), dtype=np.int64))
             continue
-        uniq, inv = torch.unique(p.phrases, return_inverse=True)
-        ids = [slot.setdefault(pair, len(slot)) for pair in p.pool.pairs(uniq.numpy())]
-        rows.append(torch.tensor(ids, dtype=torch.long)[inv])
-    return list(slot), torch.stack(rows)
+        uniq, inv = np.unique(p.phrases.numpy(), return_inverse=True)
+        ids = np.fromiter((slot.setdefault(pair, len(slot)) for pair in p.pool.pairs(uniq)), np.int64, len(uniq))
+        rows.append(ids[inv.reshape(-1)])
+    return list(slot), torch.from_numpy(np.stack(rows))
+
+
+def prepare_fast_batch(ctx: FastContext, plans: list[ImagePlan], t_idx: torch.Tensor, use_gpt: bool,
+                       amp: torch.dtype | None, phrase_rows: tuple | None = None
+                       ) -> tuple[StepRows, StepRows | None, torch.Tensor | None]:
+    """The fast path's per-batch set-up: every step's template rows and, with GPT regularisation, every step's
+    placeholder-phrase rows and the plain phrases' features (``[n_keys, d]``; each computed once per chunk)."""
+    t_steps = StepRows(ctx.templates, t_idx, ctx.pack_rows)
+    if not use_gpt:
+        return t_steps, None, None
+    keys, u_idx = phrase_rows or _phrase_rows(plans)
+    p_steps = StepRows(ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys])), u_idx, ctx.pack_rows)
+    dev = ctx.backbone.device
+    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        plain = ctx.plain.get([p for p, _ in keys])
+    return t_steps, p_steps, plain
 
 
 def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[ImagePlan], templates: list[str],
@@ -166,13 +183,7 @@ def invert_batch(backbone: Backbone, image_features: torch.Tensor, plans: list[I
     weight_gpt = cfg.lambda_gpt * has_phrase.float()
     if fast:  # every step's rows and truncation length are known before the loop: no host work per step
         ctx = fast_context or FastContext(backbone, templates, template_tokens)
-        t_steps = StepRows(ctx.templates, t_idx, ctx.pack_rows)
-        if use_gpt:
-            keys, u_idx = phrase_rows or _phrase_rows(plans)
-            p_steps = StepRows(ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys])), u_idx,
-                               ctx.pack_rows)
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                plain = ctx.plain.get([p for p, _ in keys])  # each plain phrase once per chunk
+        t_steps, p_steps, plain = prepare_fast_batch(ctx, plans, t_idx, use_gpt, amp, phrase_rows)
     last = torch.zeros(B, device=dev)
     for step in tqdm(range(cfg.steps), disable=not progress, desc="OTI steps", leave=False):
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
@@ -245,7 +256,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         compile: fast path only: ``torch.compile`` the text tower (True, or a mode such as "max-autotune");
             default ``cfg.compile`` when the config has it, else off. Results equal the eager path's to rounding.
         tokenizer_workers: fast path: processes that tokenize new phrases, the next batch's while the current
-            one runs (default: 0 on CPU, where the cores are busy with the model; up to 8 on CUDA).
+            one runs; they start in the background at once (default: 0 on CPU, where the cores are busy with the
+            model, and for runs too small to use them; up to 8 on CUDA).
         split_prefix: fast path: compute each prompt's part before the placeholder once (``_oti_fast``); off only
             to measure what it saves.
         pack_rows: fast path: each step's rows computed only up to their own end (``StepRows``); off runs
@@ -256,8 +268,9 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
     template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
     if compile is None:
         compile = getattr(cfg, "compile", False)
-    if tokenizer_workers is None:
-        tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" else 0
+    if tokenizer_workers is None:  # worth their start (seconds) when a batch draws ~20,000 phrases or more
+        big = min(len(ids), cfg.batch_size) * cfg.steps >= 10_000
+        tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" and big else 0
     ctx = None if cfg.mode != "fast" else FastContext(backbone, templates, template_tokens, compile,
                                                       tokenizer_workers, split_prefix, pack_rows)
     feats = {i: image_features[n] for n, i in enumerate(ids)}

@@ -124,6 +124,25 @@ def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
         "speed-up of packing": "speed-up of packing", "ops per step": "operators per step"})
 
 
+HOST_PARTS = {"per-batch set-up": "per-batch set-up s",
+              "waiting for the worker processes to start": "waiting for the workers to start s",
+              "tokenize: wait or tokenize here": "tokenizing or waiting for it s"}
+
+
+def oti_host_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """The host's share of a whole fast OTI run (``benchmarks/oti_host.py``: the text tower replaced by a
+    stand-in): seconds in all, what the host alone takes, the rate that bounds a whole run on that host, and the
+    main parts (inclusive: set-up includes the tokenizing it waits for)."""
+    w = wide(bench)
+    w = w[w.get("benchmark") == "oti-host"] if "benchmark" in w else w.iloc[:0]
+    return _cols(w, {"model": "model", "device": "device", "images": "images", "batch": "batch",
+                     "tokenizer_workers": "tokenizer workers", "seconds": "run s (stand-in tower)",
+                     "stand_in_steps_seconds": "stand-in steps s", "host_seconds": "host s",
+                     "host_bound_images_per_s": "host-bound images/s",
+                     **{f"parts_inclusive.{k}.seconds": v for k, v in HOST_PARTS.items()},
+                     "git_commit": "commit"})
+
+
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
     w = wide(bench)
     w = w[w.get("benchmark") == "phi"] if "benchmark" in w else w.iloc[:0]
@@ -156,7 +175,8 @@ def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 def tables(bench: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"oti": oti_table(bench), "oti_exactness": oti_exactness_table(bench), "oti_steps": oti_steps_table(bench),
-            "phi": phi_table(bench), "features": features_table(bench), "retrieval": retrieval_table(bench)}
+            "oti_host": oti_host_table(bench), "phi": phi_table(bench), "features": features_table(bench),
+            "retrieval": retrieval_table(bench)}
 
 
 def speedup_bars(oti: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,7 @@ def test_gpu_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 
 
-@pytest.mark.slow  # three scripts in subprocesses, ~30 s on 2 busy cores
+@pytest.mark.slow  # four scripts in subprocesses, ~40 s on 2 busy cores
 def test_scripts_write_json_named_by_device(tmp_path):
     from searle_lib.provenance import collect_benchmarks
     oti = _run("oti.py", tmp_path, "--model", "test-micro-vit", "--steps", "3", "--ref-images", "3",
@@ -40,9 +40,14 @@ def test_scripts_write_json_named_by_device(tmp_path):
     feats = _run("features.py", tmp_path, "--model", "test-micro-vit", "--images", "6", "--batch", "4",
                  "--workers", "0", "1")
     assert feats["workers_1"]["same_features_as_first"]
+    host = _run("oti_host.py", tmp_path, "--model", "test-micro-vit", "--images", "5", "--batch", "4", "--steps",
+                "3", "--concepts", "20", "--phrases", "8", "--workers", "0")
+    parts = host["parts_inclusive"]
+    assert parts["per-batch set-up"]["calls"] == 2 and parts["plans"]["calls"] == 5  # 2 batches, 5 images
+    assert 0 < host["host_seconds"] <= host["seconds"]
     names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["features-test-micro-vit-cpu.json", "oti-test-micro-vit-cpu.json",
-                     "phi-test-micro-vit-cpu.json"]
+    assert names == ["features-test-micro-vit-cpu.json", "oti-host-test-micro-vit-cpu.json",
+                     "oti-test-micro-vit-cpu.json", "phi-test-micro-vit-cpu.json"]
     table = collect_benchmarks(tmp_path)
     assert set(table["file"]) == set(names) and (table["device"] != "").all()
     assert table["key"].str.endswith("per_s").sum() >= 8

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from searle_lib._oti_fast import (FastTextTower, FeatureCache, Packing, PhrasePool, StepRows, TokenCache,
-                                  TokenTable, WordMemoTokenizer)
+                                  TokenTable, WordMemoTokenizer, unique_rows)
 from searle_lib.text_encoding import encode_texts, encode_tokens
 
 PROMPTS = ["a photo of a  $ ", " $ ", "We see a  $  in this image", "a photo of  $  that is detailed and shows it up"]
@@ -71,6 +71,15 @@ def test_packing_pads_and_unpads_each_rows_own_positions():
     assert torch.equal(pack.unpad(pack.pad(x)), x)
     same = Packing.of_lengths(torch.tensor([2, 2]), torch.tensor([1, 1]), torch.device("cpu"))
     assert same.pos is None and same.pooled.tolist() == [1, 3]  # equal lengths: nothing to pack
+
+
+def test_unique_rows_equals_torch_unique():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 3, (500, 4), generator=g) * (torch.rand(500, 4, generator=g) < 0.8)
+    for a in (rows, rows[:1], rows[:0]):
+        want = torch.unique(a, dim=0, return_inverse=True)
+        got = unique_rows(a)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_prompt_without_placeholder_is_refused(micro_backbone):
@@ -162,8 +171,6 @@ def test_prefix_split_equals_the_module_path(micro_backbone, tower, with_grad):
 
 @pytest.mark.slow  # two tokenizer processes (forkserver) start
 def test_run_with_tokenizer_processes_and_prefetch_equals_serial(micro_backbone, monkeypatch):
-    import functools
-
     import searle_lib.oti as oti
     from searle_lib.config import OTIConfig
     phrases = {"red circle": [f"a photo of red circle that is number {i}" for i in range(40)],
@@ -182,9 +189,39 @@ def test_run_with_tokenizer_processes_and_prefetch_equals_serial(micro_backbone,
         real_prefetch(self, texts)
         if len(self._pending) > before:
             prefetched.append(len(texts))
+    class Started(TokenCache):  # the workers up before the run, as they are after a run's first seconds
+        def __init__(self, *a, **kw):
+            super().__init__(*a, parallel_from=1, **kw)
+            self._ready_pool()
     monkeypatch.setattr(TokenCache, "prefetch", spy)
-    monkeypatch.setattr(oti, "TokenCache", functools.partial(TokenCache, parallel_from=1))
+    monkeypatch.setattr(oti, "TokenCache", Started)
     workers = oti.run_oti(micro_backbone, ids, feats, ranked, phrases, templates, cfg, progress=False,
                           tokenizer_workers=2)
     assert len(prefetched) == 3  # batch 1 before it ran, batches 2 and 3 while the one before ran; no repeats
     assert torch.equal(workers.ema_tokens, serial.ema_tokens)
+
+
+@pytest.mark.slow  # two tokenizer processes (forkserver) start
+def test_token_cache_works_while_its_processes_start(micro_backbone, monkeypatch):
+    import threading
+    gate = threading.Event()
+    real_start = TokenCache._start_pool
+    monkeypatch.setattr(TokenCache, "_start_pool", lambda self: (gate.wait(60), real_start(self)))
+    later = [f"a photo of later thing {i}  $ " for i in range(30)]
+    now = [f"a photo of thing {i}  $ " for i in range(30)]
+    cache = TokenCache(micro_backbone.tokenizer, workers=2, parallel_from=1)
+    try:
+        cache.prefetch(later)  # the workers are not up: queued, nothing waits
+        assert cache._deferred == [later] and not cache._pending
+        got_now = cache.stack(now)  # needed now: tokenized in this process
+        assert cache._pool is None and not cache._pending
+        gate.set()
+        cache._ready_pool()
+        cache.ensure([])  # the first call after the workers are up sends them the queue
+        assert not cache._deferred and len(cache._pending) == 1
+        got_later = cache.stack(later)
+    finally:
+        cache.close()
+    for texts, got in ((now, got_now), (later, got_later)):
+        full = micro_backbone.tokenize(texts)
+        assert torch.equal(got, full[:, :got.shape[1]]) and not full[:, got.shape[1]:].any()

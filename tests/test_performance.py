@@ -35,7 +35,14 @@ def test_tables_and_gpu_goal(tmp_path):
                   "128_unpacked": {"batch": 128, "packed": False, "ms_per_step": 60.0},
                   "256": {"batch": 256, "packed": True, "ms_per_step": 90.0}},
         "profile": {"batch": 128, "ops_per_step": 900}, "profile_unpacked": {"batch": 128, "ops_per_step": 800}})
+    _write(tmp_path, "oti-host-ViT-B-32-cpu.json", {
+        "benchmark": "oti-host", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32", "images": 2048,
+        "seconds": 30.0, "stand_in_steps_seconds": 5.0, "host_seconds": 25.0, "host_bound_images_per_s": 81.9,
+        "parts_inclusive": {"per-batch set-up": {"seconds": 12.0, "calls": 2}}})
     t = performance.tables(collect_benchmarks(tmp_path))
+    host = t["oti_host"]
+    assert len(host) == 1 and host.iloc[0]["host s"] == 25.0 and host.iloc[0]["per-batch set-up s"] == 12.0
+    assert "waiting for the workers to start s" not in host  # a part the file lacks is left out, not invented
     steps = t["oti_steps"]
     assert list(steps["packed rows"]) == [True, False, True] and list(steps["batch"]) == [128, 128, 256]
     assert steps["speed-up of packing"].iloc[0] == 1.2 and steps["speed-up of packing"].iloc[1:].isna().all()

@@ -198,6 +198,7 @@ def test_tokenizer_workers_and_next_epoch_prefetch_change_nothing(micro_backbone
                    torch.Generator().manual_seed(s)) for s in range(3)]
     pooled = FastGpt(b, workers=2, parallel_from=1)  # every string through the worker processes
     try:
+        pooled.tokens._ready_pool()  # started (prefetches made while they start wait in a queue)
         pooled.prefetch(draws)
         assert pooled.tokens._pending
         pooled.prepare(draws)
