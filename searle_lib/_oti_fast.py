@@ -192,8 +192,12 @@ class TokenCache:
         self._pending: list = []  # (texts, AsyncResult) of prefetches not yet collected
         self._inflight: set[str] = set()
         self._deferred: list[list[str]] = []  # prefetches made while the workers were starting
+        self._lock = threading.Lock()  # the starting thread hands over the pool, or ends it after ``close``
+        self._closed = False
         if workers > 1:
-            self._starter = threading.Thread(target=self._start_pool, name="tokenizer-pool-start", daemon=True)
+            # not a daemon: a process that ends while the pool starts waits for it (then ended, see ``close``)
+            # instead of cutting the server's read of the pool's pickled arguments short
+            self._starter = threading.Thread(target=self._start_pool, name="tokenizer-pool-start")
             self._starter.start()
 
     def _start_pool(self) -> None:
@@ -203,9 +207,15 @@ class TokenCache:
             # worker imported them on its own, one after the other (the parent's write of the tokenizer waits
             # for the child to read it): ~20 s for 2 workers here, minutes for 8 on a GPU host.
             ctx.set_forkserver_preload(["searle_lib._oti_fast"])
-            self._pool = ctx.Pool(self.workers, _init_worker, (self.tokenizer,))
+            pool = ctx.Pool(self.workers, _init_worker, (self.tokenizer,))
         except BaseException as e:  # raised in the caller's thread by ``_ready_pool``
             self._start_error = e
+            return
+        with self._lock:
+            if self._closed:  # closed while starting (a run too short to need the workers): nothing waits
+                pool.terminate()
+            else:
+                self._pool = pool
 
     def _ready_pool(self, wait: bool = True):
         """The worker pool, or ``None`` while it is still starting and ``wait`` is false."""
@@ -283,18 +293,19 @@ class TokenCache:
         return torch.from_numpy(out)
 
     def close(self) -> None:
-        if self._starter is not None:
-            self._starter.join()
-            self._starter = None
+        """End the worker processes (without waiting for ones still starting); later calls tokenize here."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool, self._starter, self.workers = self._pool, None, None, 0
+        if pool is not None:
+            pool.terminate()
         self._deferred.clear()
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
         self._pending.clear()
         self._inflight.clear()
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_lock"):  # not when __init__ failed
+            self.close()
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

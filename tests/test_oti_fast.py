@@ -201,6 +201,29 @@ def test_run_with_tokenizer_processes_and_prefetch_equals_serial(micro_backbone,
     assert torch.equal(workers.ema_tokens, serial.ema_tokens)
 
 
+def test_token_cache_closed_while_its_processes_start_waits_for_nothing(micro_backbone, monkeypatch):
+    import threading
+    import types
+
+    import searle_lib._oti_fast as fast
+    gate, ended = threading.Event(), []
+
+    def pool(*a, **kw):  # a pool that takes until the gate opens to start
+        gate.wait(60)
+        return types.SimpleNamespace(terminate=lambda: ended.append(True))
+    ctx = types.SimpleNamespace(set_forkserver_preload=lambda modules: None, Pool=pool)
+    monkeypatch.setattr(fast, "mp", types.SimpleNamespace(get_context=lambda kind: ctx))
+    cache = TokenCache(micro_backbone.tokenizer, workers=2, parallel_from=1)
+    starter = cache._starter
+    cache.close()  # returns at once: the pool is still starting
+    assert starter.is_alive() and cache.workers == 0
+    got = cache.stack(PLAIN)  # after close: tokenized in this process
+    assert torch.equal(got, micro_backbone.tokenize(PLAIN)[:, :got.shape[1]])
+    gate.set()
+    starter.join(10)
+    assert ended == [True] and cache._pool is None  # the starting thread ended the pool it made
+
+
 @pytest.mark.slow  # two tokenizer processes (forkserver) start
 def test_token_cache_works_while_its_processes_start(micro_backbone, monkeypatch):
     import threading
