@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu.sh                 # writes results/benchmarks/*-cuda-<gpu>.json
 #   QUICK=1 bash benchmarks/gpu.sh         # a 1-minute smoke run of the same steps (files go to $OUT_DIR)
+#   ONLY=oti bash benchmarks/gpu.sh        # only the OTI runs (the goal), for a short device session
 #   DEVICE=cpu QUICK=1 OUT_DIR=/tmp/b EXTRA="--threads 1" bash benchmarks/gpu.sh   # the same on a CPU, to check it
 #
 # ViT-B/32 and ViT-L/14 with random weights (they cost what trained weights cost), in order of importance:
@@ -30,6 +31,7 @@ DEVICE=${DEVICE:-cuda}
 OUT_DIR=${OUT_DIR:-results/benchmarks}
 QUICK=${QUICK:-0}
 EXTRA=${EXTRA:-}  # appended to every benchmark command (e.g. --threads 1 on a busy CPU)
+ONLY=${ONLY:-oti phi features retrieval}  # the parts to run (ONLY=oti: the goal alone, ~6 minutes)
 LIMIT=${LIMIT:-1}  # multiplies every step's time limit (a CPU check of the script needs more)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 failed=()
@@ -50,6 +52,8 @@ else
   HOST_WORKERS=8  # what run_oti uses on a 16-core GPU host
 fi
 
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
 run() {  # run <label> <timeout seconds> <command...>
   local label=$1 limit=$2; shift 2
   echo "=== $label: $*" >&2
@@ -62,7 +66,7 @@ run() {  # run <label> <timeout seconds> <command...>
   echo "=== $label took $((SECONDS - t0)) s" >&2
 }
 
-for model in ViT-B-32 ViT-L-14; do
+want oti && for model in ViT-B-32 ViT-L-14; do
   fast=$FAST_B32; batch=$BATCH_B32; [ "$model" = ViT-L-14 ] && fast=$FAST_L14 && batch=$BATCH_L14
   # a few steps first: a fast path that cannot run on this GPU fails here in seconds, not after the reference
   run "oti-smoke-$model" 300 "$PY" benchmarks/oti.py --model "$model" --device "$DEVICE" --steps 3 \
@@ -71,12 +75,12 @@ for model in ViT-B-32 ViT-L-14; do
     --ref-images "$REF" --ref-batch 32 --fast-images "$fast" --fast-batch "$batch" --concepts 2000 \
     --check-images "$CHECK" --check-steps "$CHECK_STEPS" --noise-images "${NOISE:-0}" --out "$OUT_DIR"
 done
-if [ "${COMPILE:-0}" = 1 ]; then
+if want oti && [ "${COMPILE:-0}" = 1 ]; then
   run "oti-compiled-ViT-B-32" 600 "$PY" benchmarks/oti.py --model ViT-B-32 --device "$DEVICE" --steps "$STEPS" \
     --ref-images "$REF" --ref-batch 32 --fast-images "$FAST_B32" --fast-batch "$BATCH_B32" --concepts 2000 \
     --compile reduce-overhead --tag compiled --out "$OUT_DIR"
 fi
-if [ "${PROFILE:-0}" = 1 ]; then
+if want oti && [ "${PROFILE:-0}" = 1 ]; then
   for model in ViT-B-32 ViT-L-14; do
     batch=$BATCH_B32; [ "$model" = ViT-L-14 ] && batch=$BATCH_L14
     run "oti-profile-$model" 300 "$PY" benchmarks/oti_profile.py --model "$model" --device "$DEVICE" \
@@ -86,17 +90,17 @@ if [ "${PROFILE:-0}" = 1 ]; then
   run "oti-host-ViT-L-14" 300 "$PY" benchmarks/oti_host.py --model ViT-L-14 --device "$DEVICE" --images "$fast" \
     --batch "$batch" --steps "$STEPS" --workers "$HOST_WORKERS" --out "$OUT_DIR"
 fi
-for model in ViT-B-32 ViT-L-14; do
+want phi && for model in ViT-B-32 ViT-L-14; do
   run "phi-$model" 300 "$PY" benchmarks/phi.py --model "$model" --device "$DEVICE" --steps "$PHI_STEPS" \
     --batch "$PHI_BATCH" --concepts 2000 --out "$OUT_DIR"
 done
-for model in ViT-B-32 ViT-L-14; do
+want features && for model in ViT-B-32 ViT-L-14; do
   # shellcheck disable=SC2086
   run "features-$model" 300 "$PY" benchmarks/features.py --model "$model" --device "$DEVICE" --images "$FEAT" \
     --batch "$FEAT_BATCH" --workers $WORKERS --out "$OUT_DIR"
 done
 # shellcheck disable=SC2086
-run retrieval 400 "$PY" benchmarks/retrieval.py --device "$DEVICE" --sizes $SIZES --queries $QUERIES \
+want retrieval && run retrieval 400 "$PY" benchmarks/retrieval.py --device "$DEVICE" --sizes $SIZES --queries $QUERIES \
   --out "$OUT_DIR"
 
 ls -l "$OUT_DIR"
