@@ -4,7 +4,8 @@ Everything here computes exactly what ``text_encoding.encode_tokens`` computes, 
 
 - ``WordMemoTokenizer``: open_clip's tokenizer output bit for bit, 7x faster on phrase corpora.
 - ``TokenCache`` tokenizes each distinct string once per run (the Python BPE costs ~0.1 ms a string; a batch of
-  1,024 images draws ~330,000 phrases), optionally in worker processes, and keeps the rows trimmed to their length.
+  1,024 images draws ~330,000 phrases), optionally in worker processes (started in the background: this process
+  tokenizes meanwhile), and keeps the rows trimmed to their length.
 - ``TokenTable`` holds a set of prompts on the device with each row's length, placeholder and end-of-text position
   computed once, so a step only gathers rows: the step's truncation length is known on the host before the loop
   (no device-to-host sync per step, which also keeps CUDA work queued back to back).
