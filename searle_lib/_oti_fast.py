@@ -174,6 +174,9 @@ def _trim(tokens: torch.Tensor) -> list[np.ndarray]:
     return [row[:n].copy() for row, n in zip(arr, lengths)]
 
 
+PARALLEL_FROM = 20_000  # strings below which one call is tokenized in this process, not by the workers
+
+
 class TokenCache:
     """Token rows of strings, each tokenized once (trimmed int32 arrays); ``workers`` > 1 uses processes.
 
@@ -182,7 +185,7 @@ class TokenCache:
     in a queue, sent to the workers at the first ``ensure`` after they are up.
     """
 
-    def __init__(self, tokenizer: Callable, workers: int = 0, parallel_from: int = 20_000):
+    def __init__(self, tokenizer: Callable, workers: int = 0, parallel_from: int = PARALLEL_FROM):
         self.tokenizer = WordMemoTokenizer.wrap(tokenizer)
         self.rows: dict[str, np.ndarray] = {}
         self.workers = workers
@@ -236,15 +239,13 @@ class TokenCache:
 
     def _map(self, texts: list[str]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
-        step = 4096
         if self.workers > 1 and len(texts) >= self.parallel_from:
-            step = 1024  # while the workers start, tokenize here in small pieces, then hand them the rest
-            while len(out) < len(texts) and self._ready_pool(wait=False) is None:
-                out += _rows(self.tokenizer, texts[len(out):len(out) + step])
+            while len(out) < len(texts) and self._ready_pool(wait=False) is None:  # starting: tokenize here
+                out += _rows(self.tokenizer, texts[len(out):len(out) + 1024])
             rest = texts[len(out):]
             if len(rest) >= self.parallel_from:
                 return out + [r for part in self._ready_pool().map(_tokenize_trimmed, self._chunks(rest)) for r in part]
-        return out + [r for i in range(len(out), len(texts), step) for r in _rows(self.tokenizer, texts[i:i + step])]
+        return out + [r for i in range(len(out), len(texts), 4096) for r in _rows(self.tokenizer, texts[i:i + 4096])]
 
     def prefetch(self, texts: Sequence[str]) -> None:
         """Start tokenizing ``texts`` in the worker processes and return at once (no-op without workers): the

@@ -47,7 +47,7 @@ from .backbones import Backbone
 from .chunkstore import ChunkStore, dist_info, save_tensors_atomic
 from .config import OTIConfig
 from .distributed import barrier, gather_rows
-from ._oti_fast import FeatureCache, PhrasePool, StepRows, TokenCache, TokenTable, tower_for
+from ._oti_fast import PARALLEL_FROM, FeatureCache, PhrasePool, StepRows, TokenCache, TokenTable, tower_for
 from .text_encoding import encode_tokens
 
 PLACEHOLDER_PROMPT = " $ "
@@ -268,8 +268,8 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
     template_tokens = backbone.tokenize([t.format(PLACEHOLDER_PROMPT) for t in templates])
     if compile is None:
         compile = getattr(cfg, "compile", False)
-    if tokenizer_workers is None:  # worth their start (seconds) when a batch draws ~20,000 phrases or more
-        big = min(len(ids), cfg.batch_size) * cfg.steps >= 10_000
+    if tokenizer_workers is None:  # worth their start (seconds) when a batch's strings would go to them
+        big = 2 * min(len(ids), cfg.batch_size) * cfg.steps >= PARALLEL_FROM  # per image-step: 2 phrase strings
         tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if backbone.device.type == "cuda" and big else 0
     ctx = None if cfg.mode != "fast" else FastContext(backbone, templates, template_tokens, compile,
                                                       tokenizer_workers, split_prefix, pack_rows)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._oti_fast import FeatureCache, TokenCache, TokenTable, tower_for
+from ._oti_fast import PARALLEL_FROM, FeatureCache, TokenCache, TokenTable, tower_for
 from .backbones import Backbone
 from .chunkstore import ResumeMismatchError, atomic_output
 from .config import ConfigError, PhiConfig
@@ -173,7 +173,7 @@ class FastGpt:
     """
 
     def __init__(self, backbone: Backbone, workers: int = 0, max_token_rows: int = 2_000_000,
-                 parallel_from: int = 20_000):
+                 parallel_from: int = PARALLEL_FROM):
         self.backbone = backbone
         self.tower = tower_for(backbone)
         self.tokens = TokenCache(backbone.tokenizer, workers=workers, parallel_from=parallel_from)
