@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu.sh                 # writes results/benchmarks/*-cuda-<gpu>.json
 #   QUICK=1 bash benchmarks/gpu.sh         # a 1-minute smoke run of the same steps (files go to $OUT_DIR)
 #   ONLY=oti bash benchmarks/gpu.sh        # only the OTI runs (the goal), for a short device session
+#   DEADLINE=480 ONLY=oti bash benchmarks/gpu.sh   # the same, every step cut to what is left of 480 s
 #   DEVICE=cpu QUICK=1 OUT_DIR=/tmp/b EXTRA="--threads 1" bash benchmarks/gpu.sh   # the same on a CPU, to check it
 #
 # ViT-B/32 and ViT-L/14 with random weights (they cost what trained weights cost), in order of importance:
@@ -33,6 +34,7 @@ QUICK=${QUICK:-0}
 EXTRA=${EXTRA:-}  # appended to every benchmark command (e.g. --threads 1 on a busy CPU)
 ONLY=${ONLY:-oti phi features retrieval}  # the parts to run (ONLY=oti: the goal alone, ~6 minutes)
 LIMIT=${LIMIT:-1}  # multiplies every step's time limit (a CPU check of the script needs more)
+DEADLINE=${DEADLINE:-0}  # if set, seconds for the whole script: a step gets at most what is left (a lease's end)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 failed=()
 
@@ -58,9 +60,14 @@ run() {  # run <label> <timeout seconds> <command...>
   local label=$1 limit=$2; shift 2
   echo "=== $label: $*" >&2
   local t0=$SECONDS
+  limit=$((limit * LIMIT))
+  if [ "$DEADLINE" -gt 0 ] && [ $((DEADLINE - SECONDS)) -lt "$limit" ]; then limit=$((DEADLINE - SECONDS)); fi
+  if [ "$limit" -le 0 ]; then
+    echo "!!! $label SKIPPED (DEADLINE=$DEADLINE s reached)" >&2; failed+=("$label"); return
+  fi
   # shellcheck disable=SC2086
-  if ! timeout "$((limit * LIMIT))" "$@" $EXTRA; then
-    echo "!!! $label FAILED (or ran past $((limit * LIMIT))s)" >&2
+  if ! timeout "$limit" "$@" $EXTRA; then
+    echo "!!! $label FAILED (or ran past ${limit}s)" >&2
     failed+=("$label")
   fi
   echo "=== $label took $((SECONDS - t0)) s" >&2
