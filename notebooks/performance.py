@@ -51,15 +51,15 @@
 #   tokenizer (open_clip's ids, bit for bit, 7x faster); `torch.compile` is available behind a flag
 #   (`run_oti(..., compile=True)`) and off by default.
 #
-# **The GPU figures, and a second H100 session.** The tables below hold the complete runs of the first H100
-# session (whole runs of 2,048 / 1,024 images: 13.5 and 7.7 images/s, short of the goal). A second session
-# (notes and logs in `results/benchmarks/logs/2026-11-27-h100-notes.md`) measured where that time went: at batch
-# 4,096 the ViT-B/32 steps take 127.8 ms, so a batch runs at 83.8 images/s including its set-up once its phrases
-# are tokenized (182x the official loop), while a whole run also paid for starting the tokenizer processes (each
-# imported torch on its own, one after the other) and for tokenizing half a million strings per 1,024 images. A
-# ViT-L/14 whole run with the faster tokenizer reached 12.7 images/s (2,048 images, 29x the official loop). Both
-# causes were fixed afterwards on the CPU; a whole-run GPU figure with the fixes is still to be measured
-# (`bash benchmarks/gpu.sh`), so the goal of issue 6 stays unverified.
+# **The GPU figures.** The OTI rows for `cuda` come from a third H100 session (notes and logs in
+# `results/benchmarks/logs/2026-11-27-h100-session3-notes.md`). Whole runs, with everything a run pays once
+# (starting the tokenizer processes, tokenizing every drawn phrase, encoding the plain phrases), reached
+# 61.0 images/s for ViT-B/32 (8,192 images, batch 4,096; 133x the official loop's 0.46) and 31.6 images/s for
+# ViT-L/14 (2,048 images in one batch; 72x the official 0.44): the goal of issue 6 (100x / 50x) is met for both.
+# The steps alone run faster still (ViT-L/14: 95.3 ms per step at batch 2,048, 61 images/s; see the steps and
+# host tables): a single-batch run has nothing to hide its one-off tokenizing behind. Two earlier sessions
+# (notes `2026-11-27-h100-notes.md`) measured older code at 13.5 / 7.7 images/s and found why: every tokenizer
+# process imported torch on its own, and the BPE tokenizer was slow; both were fixed before this session.
 #
 # The CPU figures come from a shared 2-core machine whose other processes kept its load average near 4 (the load
 # is recorded in each file): absolute rates are noisy, and only ratios within one run mean much. The CPU runs
