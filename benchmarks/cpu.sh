@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 40 minutes on a busy
+# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 50 minutes on a busy
 # 2-core machine). One torch thread: on a machine whose cores are shared with other work, two OpenMP threads
 # that wait for each other made small kernels several times slower than one thread in our tests.
 # The runs are scaled down from the official 350 OTI steps (rates are per image-step and converted back).
@@ -17,6 +17,8 @@ run "$PY" benchmarks/oti.py --model test-tiny-vit --steps 20 --ref-images 32 --f
   --rounds 3 --ablation --noise-images 32 --compile 1
 run "$PY" benchmarks/oti.py --model ViT-B-32 --steps 5 --ref-images 32 --fast-images 128 --fast-batch 128 \
   --rounds 2 --ablation --noise-images 16
+run "$PY" benchmarks/oti_profile.py --model ViT-B-32 --batches 128 --steps 3 --plan-steps 10 --profile-steps 2 --unpacked
+run "$PY" benchmarks/oti_profile.py --model ViT-L-14 --batches 64 --steps 3 --plan-steps 5 --profile-steps 2 --unpacked
 run "$PY" benchmarks/oti_host.py --model ViT-B-32 --images 2048 --batch 1024 --workers 2
 run "$PY" benchmarks/phi.py --model test-tiny-vit --steps 20
 run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5

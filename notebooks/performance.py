@@ -125,11 +125,15 @@ tables["oti_exactness"] if len(tables["oti_exactness"]) else "No OTI benchmark r
 # rows (each prompt computed only to its own end-of-text; attention alone is padded to the step's longest) and
 # without (every row at the step's longest prompt). The rows of one file come from one run on one machine. On a
 # CPU the steps are compute-bound, so the speed-up there is the padding packing removes. "operators per step"
-# counts the operators `torch.profiler` records in a step (forward and backward, at the file's smallest batch):
-# on a GPU each is a kernel launch that the host pays for whatever the batch, so a change that saves compute
-# but multiplies them can leave a GPU step bound by the host. That is why the fast path packs rows instead of
-# splitting each step's rows into length groups, as it did before: the groups removed about as much padding on
-# the CPU, but every group ran the whole tower, so a step launched its operators once per group.
+# counts the operators `torch.profiler` records in a step (forward and backward, at the file's smallest batch),
+# less a profile of the batch's set-up alone; the ViT-L/14 GPU profile was made before the set-up was counted
+# apart, so its count is left out. On a GPU each operator is a kernel launch that the host pays for whatever
+# the batch, so a change that saves compute but multiplies them can leave a GPU step bound by the host. That is
+# why the fast path packs rows instead of splitting each step's rows into length groups, as it did before: the
+# groups removed about as much padding on the CPU, but every group ran the whole tower, so a step launched its
+# operators once per group. On the H100 packing gains less than on the CPU: ViT-B/32 at batch 4,096 took
+# 121.4 ms per step packed and 124.3 ms unpacked (from that session's log; its profile ran out of time before
+# writing a file): attention, which packing leaves padded, took 40% of the GPU time in that profile.
 
 # %%
 tables["oti_steps"] if len(tables["oti_steps"]) else "No step profile yet: run benchmarks/oti_profile.py."

@@ -104,7 +104,8 @@ def _sub_runs(bench: pd.DataFrame, benchmark: str, prefix: str) -> pd.DataFrame:
 def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
     """The fast path's steps alone (``benchmarks/oti_profile.py``): ms per step for each batch size with packed
     rows and without, the speed-up of packing at the same batch (same run), and the operators a step launches
-    (profiled at the file's smallest batch: on a GPU each is a kernel launch the host pays for)."""
+    (profiled at the file's smallest batch: on a GPU each is a kernel launch the host pays for; only from
+    profiles that count the batch's set-up apart, ``setup_ops``: earlier files charged it to the steps)."""
     t = _sub_runs(bench, "oti_profile", "eager")
     if t.empty:
         return t
@@ -113,8 +114,13 @@ def oti_steps_table(bench: pd.DataFrame) -> pd.DataFrame:
     t["speed-up of packing"] = [round(unpacked.get((f, b), float("nan")) / ms, 2) if p else float("nan")
                                 for f, b, ms, p in zip(t["file"], t["batch"], t["ms_per_step"], t["packed"])]
     w = wide(bench).set_index("file")
-    ops = {(f, p): w.get(f"profile{'' if p else '_unpacked'}.ops_per_step", pd.Series(dtype=float)).get(f)
-           for f, p in zip(t["file"], t["packed"])}
+
+    def ops_of(f: str, packed: bool):  # only profiles that left the batch's set-up out (and counted it apart)
+        key = "profile" + ("" if packed else "_unpacked")
+        if pd.isna(w.get(f"{key}.setup_ops", pd.Series(dtype=float)).get(f)):
+            return float("nan")
+        return w.get(f"{key}.ops_per_step", pd.Series(dtype=float)).get(f)
+    ops = {(f, p): ops_of(f, p) for f, p in zip(t["file"], t["packed"])}
     profiled = {f: w.get("profile.batch", pd.Series(dtype=float)).get(f) for f in t["file"]}
     t["ops per step"] = [ops[f, p] if profiled[f] == b else float("nan")
                          for f, p, b in zip(t["file"], t["packed"], t["batch"])]

@@ -51,3 +51,15 @@ def test_scripts_write_json_named_by_device(tmp_path):
     table = collect_benchmarks(tmp_path)
     assert set(table["file"]) == set(names) and (table["device"] != "").all()
     assert table["key"].str.endswith("per_s").sum() >= 8
+
+
+@pytest.mark.slow  # two profiles in subprocesses, ~30 s
+def test_step_profile_leaves_the_batch_set_up_out(tmp_path):
+    """A batch's set-up grows with the steps it plans for; the operators charged to a profiled step must not."""
+    def profile(plan_steps: int) -> dict:
+        out = tmp_path / str(plan_steps)
+        return _run("oti_profile.py", out, "--model", "test-micro-vit", "--batches", "4", "--steps", "2",
+                    "--plan-steps", str(plan_steps), "--profile-steps", "2", "--concepts", "20")["profile"]
+    short, long = profile(4), profile(60)
+    assert long["setup_ops"] > 5 * short["setup_ops"] > 0
+    assert abs(long["ops_per_step"] - short["ops_per_step"]) < 0.1 * short["ops_per_step"]

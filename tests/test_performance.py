@@ -34,7 +34,12 @@ def test_tables_and_gpu_goal(tmp_path):
         "eager": {"128": {"batch": 128, "packed": True, "ms_per_step": 50.0},
                   "128_unpacked": {"batch": 128, "packed": False, "ms_per_step": 60.0},
                   "256": {"batch": 256, "packed": True, "ms_per_step": 90.0}},
-        "profile": {"batch": 128, "ops_per_step": 900}, "profile_unpacked": {"batch": 128, "ops_per_step": 800}})
+        "profile": {"batch": 128, "ops_per_step": 900, "setup_ops": 3000},
+        "profile_unpacked": {"batch": 128, "ops_per_step": 800, "setup_ops": 2000}})
+    _write(tmp_path, "oti-profile-ViT-L-14-cpu.json", {  # an older profile: set-up charged to the steps
+        "benchmark": "oti_profile", "device": {"name": "AMD EPYC"}, "model": "ViT-L-14",
+        "eager": {"64": {"batch": 64, "packed": True, "ms_per_step": 70.0}},
+        "profile": {"batch": 64, "ops_per_step": 5000}})
     _write(tmp_path, "oti-host-ViT-B-32-cpu.json", {
         "benchmark": "oti-host", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32", "images": 2048,
         "seconds": 30.0, "stand_in_steps_seconds": 5.0, "host_seconds": 25.0, "host_bound_images_per_s": 81.9,
@@ -44,9 +49,10 @@ def test_tables_and_gpu_goal(tmp_path):
     assert len(host) == 1 and host.iloc[0]["host s"] == 25.0 and host.iloc[0]["per-batch set-up s"] == 12.0
     assert "waiting for the workers to start s" not in host  # a part the file lacks is left out, not invented
     steps = t["oti_steps"]
-    assert list(steps["packed rows"]) == [True, False, True] and list(steps["batch"]) == [128, 128, 256]
+    assert list(steps["packed rows"]) == [True, False, True, True] and list(steps["batch"]) == [128, 128, 256, 64]
     assert steps["speed-up of packing"].iloc[0] == 1.2 and steps["speed-up of packing"].iloc[1:].isna().all()
-    assert steps["operators per step"].iloc[:2].tolist() == [900, 800] and steps["operators per step"].isna().iloc[2]
+    assert steps["operators per step"].iloc[:2].tolist() == [900, 800]
+    assert steps["operators per step"].iloc[2:].isna().all()  # not the profiled batch; set-up not left out
     oti = t["oti"].set_index("device")
     assert oti.loc["AMD EPYC", "speed-up"] == 12.0 and oti["goal images/s (H100)"].isna().sum() == 1
     gpu = t["oti"][t["oti"]["device"] == "NVIDIA H100"].set_index("model")
