@@ -3,8 +3,9 @@
 ``benchmarks/oti.py`` times whole runs; this script splits one batch into its phases (synchronising CUDA around
 each), so the figures say what to make faster:
 
-- run-wide, once per run: tokenizing the drawn phrases (with the template and phrase caches cold);
-- per batch, caches warm: plans, phrase rows, the phrase table, the plain-phrase features;
+- run-wide, once per run: tokenizing the drawn phrases (with the template and phrase caches cold) and the plain
+  phrases' concept lists, and encoding those lists (a later batch encodes only concepts new to the run);
+- per batch, caches warm: plans, phrase rows, the phrase table;
 - per step: ``invert_batch`` with the caches warm, at several batch sizes, with packed rows (the default) and
   with ``--unpacked`` also without (every step's rows at the step's longest prompt), eager and optionally
   ``torch.compile``;
@@ -28,7 +29,8 @@ from oti import load_templates, synthetic_inputs
 
 from searle_lib.backbones import create_backbone
 from searle_lib.config import ModelConfig, OTIConfig
-from searle_lib.oti import FastContext, _phrase_rows, invert_batch, plan_image, phrase_pool, replace_concept
+from searle_lib.oti import (FastContext, _phrase_lists, _phrase_rows, invert_batch, plan_image, phrase_pool,
+                            replace_concept)
 
 
 def step_time(b, feats, plans, templates, cfg, ctx, device: str, steps: int) -> dict:
@@ -123,7 +125,8 @@ def main() -> None:
     with Timer(args.device) as t:
         keys, _ = _phrase_rows(plans)
     phases["phrase_rows_s"] = t.seconds
-    texts = [replace_concept(p, c) for p, c in keys] + [p for p, _ in keys]
+    lists = _phrase_lists(plans)  # plain phrases are encoded with their concept's whole list
+    texts = [replace_concept(p, c) for p, c in keys] + [p for ps in lists.values() for p in ps]
     with Timer(args.device) as t:
         ctx.tokens.ensure(texts)
     phases.update(tokenize_s=t.seconds, strings_tokenized=len(texts), tokenizer_workers=workers)
@@ -131,7 +134,7 @@ def main() -> None:
         ctx.table(ctx.tokens.stack(texts[:len(keys)]))
     phases["phrase_table_s"] = t.seconds
     with Timer(args.device) as t, torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-        ctx.plain.get(texts[len(keys):])
+        ctx.plain.get(keys, lists)
     phases["plain_features_s"] = t.seconds
     phases = {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()}
     print(phases, file=sys.stderr)

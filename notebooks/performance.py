@@ -44,7 +44,10 @@
 # - each step's rows are packed: every prompt is computed only up to its own end-of-text, attention alone padded
 #   to the step's longest (phrases run from about 8 to 30 tokens, so a short one no longer pays for the longest);
 # - in the last block only the end-of-text position is computed (the only one pooled);
-# - each plain phrase's feature is computed once per run, not every step;
+# - each plain phrase's feature is computed once per run, not every step, together with its concept's whole
+#   phrase list (a feature computed beside other phrases can differ in its last bits, so a fixed group keeps a
+#   resumed or sharded run bit-identical to an uninterrupted one; a short run pays for whole lists it only
+#   samples, a long run encodes each phrase once instead of once per batch);
 # - on a GPU: batches of 1,024 to 4,096 images, bf16 autocast, fused AdamW, causal flash attention, and the next
 #   batch's phrases tokenized in worker processes while the current batch runs (the workers start in the
 #   background while this process tokenizes the first batch), with an exact word-memoising

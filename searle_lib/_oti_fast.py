@@ -21,7 +21,7 @@ Everything here computes exactly what ``text_encoding.encode_tokens`` computes, 
   (``Packing``): the matrix products, layer norms and MLPs run on each row's own positions only, attention alone
   is padded to the step's longest row. Rows never interact and attention is causal, so only padding is saved;
   unlike splitting the batch into length groups, the step still launches one pass of kernels.
-- ``FeatureCache``: plain-phrase features, each computed once per chunk.
+- ``FeatureCache``: plain-phrase features, each computed once per run, in a fixed group (its concept's phrases).
 - ``PhrasePool``: an image's phrase pool (15 concepts x 256 phrases) as offsets, not a list of 3,840 pairs.
 
 The results equal the module path up to floating-point summation order (``tests/test_oti_fast.py``: features
@@ -34,6 +34,7 @@ import multiprocessing as mp
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -615,33 +616,48 @@ class StepRows:
 
 
 class FeatureCache:
-    """Plain-phrase features kept across batches (they never depend on the pseudo-token).
+    """Plain-phrase features for a whole run (they never depend on the pseudo-token), each computed once.
 
-    ``run_oti`` clears it at each chunk: a feature computed beside other phrases can differ in the last bit
-    from the same feature computed beside others, so a cache spanning chunks would make a resumed or sharded run
-    differ (by rounding) from an uninterrupted one; per chunk, they are bit-identical.
+    A feature computed beside other phrases can differ in its last bits from the same feature computed beside
+    others. So a phrase is always encoded with the same rows: its concept's whole phrase list (the *encode
+    group*), on its own. A feature then depends only on its concept's list, not on which batches, chunks, epochs
+    or processes came before, and a resumed or sharded run equals an uninterrupted one bit for bit while the
+    cache spans the run. Entries are keyed by (phrase, concept): the same text under two concepts is encoded in
+    each concept's group. Past ``max_rows`` rows the least recently used groups are dropped (encoded again if
+    needed, with the same bits).
     """
 
-    def __init__(self, tower: FastTextTower, tokens: TokenCache, max_rows: int = 2_000_000):
+    def __init__(self, tower: FastTextTower, tokens: TokenCache, max_rows: int = 4_000_000):
         self.tower, self.tokens, self.max_rows = tower, tokens, max_rows
-        self.index: dict[str, int] = {}
-        self.feats: torch.Tensor | None = None
+        self.groups: OrderedDict[str, tuple[torch.Tensor, dict[str, int]]] = OrderedDict()  # features, rows
+        self.rows = 0
 
     def clear(self) -> None:
-        self.index, self.feats = {}, None
+        self.groups, self.rows = OrderedDict(), 0
 
-    def get(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[N, d]`` features of ``texts`` (on the tower's device), computing only the ones not seen yet."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self.index))
-        if len(self.index) + len(missing) > self.max_rows:  # full: start over with this batch's phrases
-            self.index, self.feats = {}, None
-            missing = list(dict.fromkeys(texts))
-        if missing:
-            table = TokenTable(self.tower.backbone, self.tokens.stack(missing), placeholder=False)
-            new = self.tower.encode_all(table)
-            self.index.update({t: len(self.index) + i for i, t in enumerate(missing)})
-            self.feats = new if self.feats is None else torch.cat([self.feats, new])
-        if self.feats is None:  # nothing asked for yet (an empty ``texts``)
+    def get(self, keys: Sequence[tuple[str, str]], lists: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        """``[N, d]`` features of the plain phrases of ``keys`` ((phrase, concept) pairs; on the tower's device),
+        encoding the groups (``lists[concept]``, each concept's phrases) not held yet."""
+        need = list(dict.fromkeys(c for _, c in keys))
+        if not need:
             return torch.zeros(0, self.tower.backbone.feature_dim, device=self.tower.backbone.device)
-        rows = np.fromiter(map(self.index.__getitem__, texts), np.int64, len(texts))
-        return self.feats[torch.from_numpy(rows).to(self.feats.device)]
+        for c in need:
+            if c in self.groups:
+                self.groups.move_to_end(c)  # most recently used last
+        new = {c: list(dict.fromkeys(lists[c])) for c in need if c not in self.groups}
+        self._make_room(sum(map(len, new.values())), keep=len(need) - len(new))
+        self.tokens.ensure([t for texts in new.values() for t in texts])  # one call: the worker processes share it
+        for c, texts in new.items():
+            f = self.tower.encode_all(TokenTable(self.tower.backbone, self.tokens.stack(texts), placeholder=False))
+            self.groups[c] = (f, {t: i for i, t in enumerate(texts)})
+            self.rows += len(texts)
+        starts = dict(zip(need, np.cumsum([0] + [len(self.groups[c][0]) for c in need]).tolist()))
+        rows = np.fromiter((starts[c] + self.groups[c][1][p] for p, c in keys), np.int64, len(keys))
+        feats = torch.cat([self.groups[c][0] for c in need]) if len(need) > 1 else self.groups[need[0]][0]
+        return feats[torch.from_numpy(rows).to(feats.device)]
+
+    def _make_room(self, rows: int, keep: int) -> None:
+        """Drop least recently used groups until ``rows`` more fit, sparing the last ``keep`` (this call's)."""
+        while self.rows + rows > self.max_rows and len(self.groups) > keep:
+            _, (f, _) = self.groups.popitem(last=False)
+            self.rows -= len(f)

@@ -18,7 +18,7 @@ Two paths with identical randomness:
   before the placeholder (which never sees the pseudo-token) computed once, and each step only the positions
   from the placeholder to end-of-text (exact: the text tower is causal, see ``text_encoding``), each step's
   rows packed so that each prompt is computed only to its own end-of-text; in the last
-  block only the pooled end-of-text position; each plain phrase encoded once per chunk; bf16 autocast on
+  block only the pooled end-of-text position; each plain phrase encoded once per run; bf16 autocast on
   CUDA, large batches, fused AdamW; ``torch.compile`` behind a flag. Equal to ``reference`` up to rounding
   (``tests/test_oti.py``: 1e-5 after 12 steps; ``benchmarks/oti.py`` reports the difference it measures).
 
@@ -140,11 +140,16 @@ def _phrase_rows(plans: list[ImagePlan]) -> tuple[list[tuple[str, str]], torch.T
     return list(slot), torch.from_numpy(np.stack(rows))
 
 
+def _phrase_lists(plans: list[ImagePlan]) -> dict[str, Sequence[str]]:
+    """Each concept's phrase list among the batch's pools: the groups its plain phrases are encoded in."""
+    return {c: ps for p in plans if p.pool for c, ps in zip(p.pool.concepts, p.pool.lists)}
+
+
 def prepare_fast_batch(ctx: FastContext, plans: list[ImagePlan], t_idx: torch.Tensor, use_gpt: bool,
                        amp: torch.dtype | None, phrase_rows: tuple | None = None
                        ) -> tuple[StepRows, StepRows | None, torch.Tensor | None]:
     """The fast path's per-batch set-up: every step's template rows and, with GPT regularisation, every step's
-    placeholder-phrase rows and the plain phrases' features (``[n_keys, d]``; each computed once per chunk)."""
+    placeholder-phrase rows and the plain phrases' features (``[n_keys, d]``; each computed once per run)."""
     t_steps = StepRows(ctx.templates, t_idx, ctx.pack_rows)
     if not use_gpt:
         return t_steps, None, None
@@ -152,7 +157,7 @@ def prepare_fast_batch(ctx: FastContext, plans: list[ImagePlan], t_idx: torch.Te
     p_steps = StepRows(ctx.table(ctx.tokens.stack([replace_concept(p, c) for p, c in keys])), u_idx, ctx.pack_rows)
     dev = ctx.backbone.device
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-        plain = ctx.plain.get([p for p, _ in keys])
+        plain = ctx.plain.get(keys, _phrase_lists(plans))
     return t_steps, p_steps, plain
 
 
@@ -306,13 +311,12 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
         """Tokenize the next batch's phrases in the worker processes while this batch runs."""
         if ctx is None or ctx.tokens.workers <= 1 or not batch:
             return
-        _, rows = planned(batch)
-        if rows is not None:
-            ctx.tokens.prefetch([replace_concept(p, c) for p, c in rows[0]] + [p for p, _ in rows[0]])
+        plans, rows = planned(batch)
+        if rows is not None:  # the drawn phrases with the placeholder, and the plain groups not encoded yet
+            groups = [ps for c, ps in _phrase_lists(plans).items() if c not in ctx.plain.groups]
+            ctx.tokens.prefetch([replace_concept(p, c) for p, c in rows[0]] + [t for ps in groups for t in ps])
 
     def invert(chunk_ids: Sequence[str], upcoming: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        if ctx is not None:
-            ctx.plain.clear()  # per chunk: a resumed or sharded run equals an uninterrupted one bit for bit
         parts = []
         for b in range(0, len(chunk_ids), cfg.batch_size):
             batch = chunk_ids[b:b + cfg.batch_size]

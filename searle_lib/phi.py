@@ -16,9 +16,10 @@ Two computations of L_gpt with the same draws and the same numbers up to float r
 - fast (default): an epoch's draws are made before its first step (the same generator calls in the same order;
   nothing else reads that generator), then the fast OTI machinery (``_oti_fast``) is reused: each string is
   tokenized once per run, the epoch's distinct prompts sit in one ``TokenTable`` split at the placeholder (each
-  distinct prefix before it, which never sees phi's token, is computed once per epoch), the epoch's distinct plain
-  phrases are encoded once, and a step runs only placeholder..end-of-text of its longest prompt (exact: the tower
-  is causal and pools at end-of-text), the last block only at end-of-text.
+  distinct prefix before it, which never sees phi's token, is computed once per epoch), each plain phrase is
+  encoded once per run (with its concept's phrase list, ``FeatureCache``), and a step runs only
+  placeholder..end-of-text of its longest prompt (exact: the tower is causal and pools at end-of-text), the last
+  block only at end-of-text.
 
 Deliberate deviation: the official code redraws the whole batch of concepts until none is a filtered-out concept;
 we draw each image's concept among its usable ones directly. Both give each image a uniform draw over its usable
@@ -165,16 +166,17 @@ class _GptStep:
 class FastGpt:
     """L_gpt's inputs for the fast path (see the module docstring), prepared once per epoch.
 
-    Whatever depends in its last bits on what it was batched with (plain features, prefix keys and values) is
-    computed from the epoch's draws alone, in first-draw order: a run resumed at any epoch computes bit for bit
-    what an uninterrupted run computes. Token rows are exact whatever the batch, so they are kept across epochs
+    Whatever depends in its last bits on what it was batched with is computed so that a run resumed at any epoch
+    computes bit for bit what an uninterrupted run computes: prefix keys and values from the epoch's draws alone,
+    in first-draw order; plain features once per run, each with its concept's phrase list (``FeatureCache``).
+    Token rows are exact whatever the batch, so they are kept across epochs
     (up to ``max_token_rows`` strings, then started over); with ``workers`` > 1 they are made in worker processes,
     the next epoch's while this one trains (``prefetch``).
     """
 
-    def __init__(self, backbone: Backbone, workers: int = 0, max_token_rows: int = 2_000_000,
-                 parallel_from: int = PARALLEL_FROM):
-        self.backbone = backbone
+    def __init__(self, backbone: Backbone, phrases: Mapping[str, Sequence[str]], workers: int = 0,
+                 max_token_rows: int = 2_000_000, parallel_from: int = PARALLEL_FROM):
+        self.backbone, self.phrases = backbone, phrases
         self.tower = tower_for(backbone)
         self.tokens = TokenCache(backbone.tokenizer, workers=workers, parallel_from=parallel_from)
         self.plain = FeatureCache(self.tower, self.tokens)
@@ -183,32 +185,34 @@ class FastGpt:
         self.feats: torch.Tensor | None = None
 
     @staticmethod
-    def _strings(draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> tuple[dict[str, int], dict[str, int]]:
-        """The distinct prompts (every occurrence of the concept -> " $ ") and plain phrases, in first-draw order."""
+    def _strings(draws: Sequence[tuple[list[int], list[tuple[str, str]]]]
+                 ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """The distinct prompts (every occurrence of the concept -> " $ ") and (phrase, concept) draws, in
+        first-draw order."""
         prompts: dict[str, int] = {}
-        plain: dict[str, int] = {}
+        plain: dict[tuple[str, str], int] = {}
         for _, picks in draws:
             for p, c in picks:
                 prompts.setdefault(replace_concept(p, c, "all"), len(prompts))
-                plain.setdefault(p, len(plain))
+                plain.setdefault((p, c), len(plain))
         return prompts, plain
 
     def prefetch(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> None:
         """Start tokenizing a coming epoch's strings in the worker processes (no-op without workers)."""
         prompts, plain = self._strings(draws)
-        self.tokens.prefetch(list(prompts) + list(plain))
+        groups = {c for _, c in plain if c not in self.plain.groups}  # plain phrases: their concepts' whole lists
+        self.tokens.prefetch(list(prompts) + [p for c in groups for p in self.phrases[c]])
 
     def prepare(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> list[_GptStep | None]:
         """Tokenize and encode what the epoch's ``draws`` (one ``_draw`` per step) need; one entry per step
         (``None``: no image of the step has a usable concept). Call under the training autocast."""
         if len(self.tokens.rows) > self.max_token_rows:
             self.tokens.rows.clear()
-        self.plain.clear()  # per epoch, see the class docstring
         self.table = self.feats = None
         prompts, plain = self._strings(draws)
         if not prompts:
             return [None] * len(draws)
-        self.tokens.ensure(list(prompts) + list(plain))
+        self.tokens.ensure(list(prompts))
         tokens = self.tokens.stack(list(prompts))
         missing = ~(tokens == self.backbone.placeholder_id).any(1)
         if bool(missing.any()):
@@ -217,14 +221,14 @@ class FastGpt:
                              f"{self.backbone.placeholder_id}): its concept does not occur in its phrase (or only "
                              "past the text context)")
         self.table = TokenTable(self.backbone, tokens, split_prefix=self.tower.functional)
-        self.feats = self.plain.get(list(plain))
+        self.feats = self.plain.get(list(plain), self.phrases)
         dev = self.table.tokens.device
         steps = []
         for sel, picks in draws:
             r = [prompts[replace_concept(p, c, "all")] for p, c in picks]
             steps.append(_GptStep(torch.tensor(sel, device=dev), torch.tensor(r, device=dev),
                                   int(self.table.host_lengths[r].max()),
-                                  torch.tensor([plain[p] for p, _ in picks], device=dev)) if r else None)
+                                  torch.tensor([plain[pc] for pc in picks], device=dev)) if r else None)
         return steps
 
     def close(self) -> None:
@@ -366,12 +370,12 @@ def train_phi(backbone: Backbone, features: torch.Tensor, targets: torch.Tensor,
     if usable is not None and fast:
         if tokenizer_workers is None:
             tokenizer_workers = min(8, (os.cpu_count() or 1) // 2) if dev.type == "cuda" else 0
-        fast_gpt = FastGpt(backbone, tokenizer_workers)
+        fast_gpt = FastGpt(backbone, phrases, tokenizer_workers)
     try:
         for epoch in range(start, cfg.epochs):
-            # A phrase's feature depends in its last bits on the batch it was encoded in, so the cache starts
-            # empty every epoch (FastGpt's too): a run resumed at any epoch then computes exactly what an
-            # uninterrupted run computes.
+            # A phrase's feature depends in its last bits on the batch it was encoded in, so the reference
+            # path's cache starts empty every epoch (FastGpt encodes in fixed groups instead): a run resumed at
+            # any epoch then computes exactly what an uninterrupted run computes.
             cache = PhraseFeatureCache(backbone)
             phi.train()
             sums = {"loss": 0.0, "distil": 0.0, "gpt": 0.0}

@@ -87,19 +87,39 @@ def test_prompt_without_placeholder_is_refused(micro_backbone):
         TokenTable(micro_backbone, micro_backbone.tokenize(["a photo of a cat"]))
 
 
+LISTS = {"red circle": PLAIN[:2], "blue square": PLAIN[2:], "cross": [PLAIN[3], "a small cross", PLAIN[1]]}
+
+
 def test_plain_features_equal_encode_texts(micro_backbone, tower):
     cache = FeatureCache(tower, TokenCache(micro_backbone.tokenizer))
-    got = cache.get(PLAIN + PLAIN[:2])
-    torch.testing.assert_close(got[:4], encode_texts(micro_backbone, PLAIN), rtol=1e-5, atol=1e-6)
-    assert torch.equal(got[4:], got[:2]) and len(cache.index) == 4
+    keys = [(PLAIN[0], "red circle"), (PLAIN[3], "blue square"), (PLAIN[1], "red circle"), (PLAIN[0], "red circle")]
+    got = cache.get(keys, LISTS)
+    torch.testing.assert_close(got, encode_texts(micro_backbone, [p for p, _ in keys]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[3], got[0])
+    assert list(cache.groups) == ["red circle", "blue square"] and cache.rows == 4  # both whole lists
 
 
-def test_feature_cache_starts_over_when_full(micro_backbone, tower):
-    cache = FeatureCache(tower, TokenCache(micro_backbone.tokenizer), max_rows=3)
-    cache.get(PLAIN[:3])
-    got = cache.get(PLAIN[2:])
-    assert set(cache.index) == set(PLAIN[2:])
-    torch.testing.assert_close(got, encode_texts(micro_backbone, PLAIN[2:]), rtol=1e-5, atol=1e-6)
+def test_plain_features_do_not_depend_on_what_was_encoded_before(micro_backbone, tower):
+    """Each phrase is encoded with its concept's list alone, so a resumed or sharded run gets the same bits."""
+    keys = [(PLAIN[1], "cross"), (PLAIN[1], "red circle"), (PLAIN[2], "blue square")]
+    fresh = FeatureCache(tower, TokenCache(micro_backbone.tokenizer)).get(keys, LISTS)
+    warm = FeatureCache(tower, TokenCache(micro_backbone.tokenizer))
+    warm.get([("a small cross", "cross")], LISTS)
+    warm.get([(PLAIN[0], "red circle"), (PLAIN[3], "blue square")], LISTS)
+    assert torch.equal(warm.get(keys, LISTS), fresh)
+    assert warm.rows == 7  # the same text under two concepts is kept under each
+
+
+def test_feature_cache_drops_the_least_recently_used_groups_when_full(micro_backbone, tower):
+    cache = FeatureCache(tower, TokenCache(micro_backbone.tokenizer), max_rows=5)
+    first = cache.get([(PLAIN[0], "red circle")], LISTS)
+    cache.get([(PLAIN[2], "blue square")], LISTS)
+    cache.get([(PLAIN[1], "red circle")], LISTS)  # used again: blue square is now the older one
+    got = cache.get([("a small cross", "cross"), (PLAIN[0], "red circle")], LISTS)
+    assert list(cache.groups) == ["red circle", "cross"] and cache.rows == 5
+    torch.testing.assert_close(got, encode_texts(micro_backbone, ["a small cross", PLAIN[0]]), rtol=1e-5, atol=1e-6)
+    again = cache.get([(PLAIN[2], "blue square"), (PLAIN[0], "red circle")], LISTS)  # this call's groups stay
+    assert list(cache.groups) == ["red circle", "blue square"] and torch.equal(again[1], first[0])
 
 
 @pytest.mark.slow  # two worker processes import torch and open_clip (forkserver)

@@ -119,7 +119,7 @@ def test_fast_gpt_loss_and_gradient_equal_the_reference(micro_backbone):
     gen = torch.Generator().manual_seed(3)
     batches = [torch.randperm(len(usable), generator=gen)[:8] for _ in range(3)]
     draws = [_draw(idx, usable, GPT_PHRASES, gen) for idx in batches]
-    fast = FastGpt(b)
+    fast = FastGpt(b, GPT_PHRASES)
     steps = fast.prepare(draws)
     assert fast.table.split  # the prefix-split tower is what runs
     for (sel, picks), step, idx in zip(draws, steps, batches):
@@ -196,13 +196,13 @@ def test_tokenizer_workers_and_next_epoch_prefetch_change_nothing(micro_backbone
     usable = [[c for c in cs if c in GPT_PHRASES] for cs in GPT_CONCEPTS * 4]
     draws = [_draw(torch.randperm(16, generator=torch.Generator().manual_seed(s)), usable, GPT_PHRASES,
                    torch.Generator().manual_seed(s)) for s in range(3)]
-    pooled = FastGpt(b, workers=2, parallel_from=1)  # every string through the worker processes
+    pooled = FastGpt(b, GPT_PHRASES, workers=2, parallel_from=1)  # every string through the worker processes
     try:
         pooled.tokens._ready_pool()  # started (prefetches made while they start wait in a queue)
         pooled.prefetch(draws)
         assert pooled.tokens._pending
         pooled.prepare(draws)
-        alone = FastGpt(b)
+        alone = FastGpt(b, GPT_PHRASES)
         alone.prepare(draws)
         assert torch.equal(pooled.table.tokens, alone.table.tokens) and torch.equal(pooled.feats, alone.feats)
     finally:
