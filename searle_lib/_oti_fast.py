@@ -632,8 +632,9 @@ class FeatureCache:
         self.groups: OrderedDict[str, tuple[torch.Tensor, dict[str, int]]] = OrderedDict()  # features, rows
         self.rows = 0
 
-    def clear(self) -> None:
-        self.groups, self.rows = OrderedDict(), 0
+    def unencoded(self, lists: Mapping[str, Sequence[str]]) -> list[str]:
+        """The phrases of the groups in ``lists`` not held yet: what ``get`` will tokenize (to prefetch them)."""
+        return [t for c, texts in lists.items() if c not in self.groups for t in texts]
 
     def get(self, keys: Sequence[tuple[str, str]], lists: Mapping[str, Sequence[str]]) -> torch.Tensor:
         """``[N, d]`` features of the plain phrases of ``keys`` ((phrase, concept) pairs; on the tower's device),

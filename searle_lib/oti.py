@@ -313,8 +313,7 @@ def run_oti(backbone: Backbone, ids: Sequence[str], image_features: torch.Tensor
             return
         plans, rows = planned(batch)
         if rows is not None:  # the drawn phrases with the placeholder, and the plain groups not encoded yet
-            groups = [ps for c, ps in _phrase_lists(plans).items() if c not in ctx.plain.groups]
-            ctx.tokens.prefetch([replace_concept(p, c) for p, c in rows[0]] + [t for ps in groups for t in ps])
+            ctx.tokens.prefetch([replace_concept(p, c) for p, c in rows[0]] + ctx.plain.unencoded(_phrase_lists(plans)))
 
     def invert(chunk_ids: Sequence[str], upcoming: Sequence[str] = ()) -> dict[str, torch.Tensor]:
         parts = []

@@ -200,8 +200,8 @@ class FastGpt:
     def prefetch(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> None:
         """Start tokenizing a coming epoch's strings in the worker processes (no-op without workers)."""
         prompts, plain = self._strings(draws)
-        groups = {c for _, c in plain if c not in self.plain.groups}  # plain phrases: their concepts' whole lists
-        self.tokens.prefetch(list(prompts) + [p for c in groups for p in self.phrases[c]])
+        lists = {c: self.phrases[c] for _, c in plain}  # plain phrases are encoded with their concept's list
+        self.tokens.prefetch(list(prompts) + self.plain.unencoded(lists))
 
     def prepare(self, draws: Sequence[tuple[list[int], list[tuple[str, str]]]]) -> list[_GptStep | None]:
         """Tokenize and encode what the epoch's ``draws`` (one ``_draw`` per step) need; one entry per step

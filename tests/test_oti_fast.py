@@ -97,6 +97,7 @@ def test_plain_features_equal_encode_texts(micro_backbone, tower):
     torch.testing.assert_close(got, encode_texts(micro_backbone, [p for p, _ in keys]), rtol=1e-5, atol=1e-6)
     assert torch.equal(got[3], got[0])
     assert list(cache.groups) == ["red circle", "blue square"] and cache.rows == 4  # both whole lists
+    assert cache.unencoded(LISTS) == LISTS["cross"]  # what a prefetch for these lists still tokenizes
 
 
 def test_plain_features_do_not_depend_on_what_was_encoded_before(micro_backbone, tower):
