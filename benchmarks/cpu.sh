@@ -21,8 +21,9 @@ run "$PY" benchmarks/oti_profile.py --model ViT-B-32 --batches 128 --steps 3 --p
 run "$PY" benchmarks/oti_profile.py --model ViT-L-14 --batches 64 --steps 3 --plan-steps 5 --profile-steps 2 --unpacked
 run "$PY" benchmarks/oti_host.py --model ViT-B-32 --images 2048 --batch 1024 --workers 2
 run "$PY" benchmarks/phi.py --model test-tiny-vit --steps 20
-run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5
+run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5 --phrases 32  # 32 phrases per concept: the one-off encoding in minutes
 run "$PY" benchmarks/features.py --model test-tiny-vit --images 256
 run "$PY" benchmarks/features.py --model ViT-B-32 --images 64
 run "$PY" benchmarks/retrieval.py
+run "$PY" benchmarks/retrieval.py --data clustered
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}" >&2; exit 1; fi

@@ -1,5 +1,6 @@
 """Retrieval throughput: exact chunked top-K (``searle_lib.retrieval.topk_cosine``) at several gallery sizes, its
-peak memory, and an approximate FAISS index's recall@K against the exact ranking, on random L2-normalised features.
+peak memory, and an approximate FAISS index's recall@K against the exact ranking (IVF: one index searched at
+several ``nprobe``, a recall/speed curve), on random L2-normalised features.
 
 Each gallery size runs in its own process so that its peak memory is its own. Features are random: ``uniform`` on
 the sphere (the hardest case for an IVF index: no cluster structure) or ``clustered`` (a mixture of Gaussians around
@@ -7,7 +8,7 @@ random centres, closer to real image features). Prints one JSON object.
 
     python benchmarks/retrieval.py                                    # 10k / 123k / 1M, d=512, top-50, CPU
     python benchmarks/retrieval.py --sizes 10000 --queries 200 --faiss none
-    python benchmarks/retrieval.py --data clustered --nprobe 16
+    python benchmarks/retrieval.py --data clustered --nprobe 8 32
     python benchmarks/retrieval.py --device cuda
 """
 from __future__ import annotations
@@ -104,18 +105,24 @@ def run_one(args: argparse.Namespace, size: int, n_queries: int) -> dict:
     if args.faiss != "none" and importlib.util.find_spec("faiss") is None:
         res["faiss"] = "not installed (exact search only)"  # the exact figures still count; say why FAISS is absent
     elif args.faiss != "none":
+        import faiss
+        if args.threads:
+            faiss.omp_set_num_threads(args.threads)  # the same threads as the exact search, for a fair comparison
         nlist = args.nlist or max(1, int(math.sqrt(size)))
         t = time.perf_counter()
-        index = build_faiss_index(gallery.cpu(), kind=args.faiss, nlist=nlist, nprobe=args.nprobe,
+        index = build_faiss_index(gallery.cpu(), kind=args.faiss, nlist=nlist, nprobe=args.nprobe[0],
                                   train_size=min(size, args.train_per_list * nlist))
-        build = time.perf_counter() - t
-        t = time.perf_counter()
-        _, approx_i = faiss_topk(queries.cpu(), index, args.k)
-        search = time.perf_counter() - t
         res["faiss"] = {"kind": args.faiss, "nlist": nlist if args.faiss == "ivf" else None,
-                        "nprobe": args.nprobe if args.faiss == "ivf" else None, "build_seconds": round(build, 2),
-                        "queries_per_s": round(n_queries / search, 1),
-                        f"recall_at_{args.k}_vs_exact": round(recall_vs_exact(approx_i, exact_i.cpu()), 4)}
+                        "build_seconds": round(time.perf_counter() - t, 2), "sweep": []}
+        for nprobe in args.nprobe if args.faiss == "ivf" else args.nprobe[:1]:  # one index, several nprobe
+            if args.faiss == "ivf":
+                index.nprobe = min(nprobe, nlist)
+            t = time.perf_counter()
+            _, approx_i = faiss_topk(queries.cpu(), index, args.k)
+            search = time.perf_counter() - t
+            res["faiss"]["sweep"].append({
+                "nprobe": index.nprobe if args.faiss == "ivf" else None, "queries_per_s": round(n_queries / search, 1),
+                f"recall_at_{args.k}_vs_exact": round(recall_vs_exact(approx_i, exact_i.cpu()), 4)})
     return res
 
 
@@ -133,12 +140,13 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000, help="centres of the clustered data")
     ap.add_argument("--faiss", choices=["ivf", "hnsw", "flat", "none"], default="ivf")
     ap.add_argument("--nlist", type=int, default=0, help="IVF cells (0: sqrt(N))")
-    ap.add_argument("--nprobe", type=int, default=32)
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64, 256],
+                    help="IVF cells visited per query: one index, searched once per value (recall/speed curve)")
     ap.add_argument("--train-per-list", type=int, default=64, help="k-means training points per IVF cell")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "benchmarks"),
-                    help="folder for retrieval-<device>.json")
+                    help="folder for retrieval-<data>-<device>.json")
     ap.add_argument("--no-save", action="store_true", help="only print the JSON")
     ap.add_argument("--one", nargs=2, type=int, metavar=("SIZE", "QUERIES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -158,21 +166,22 @@ def main() -> None:
         print(f"size {size}: {runs[-1]['exact_queries_per_s']} queries/s", file=sys.stderr)
     try:
         import faiss
-        faiss_version = faiss.__version__
+        faiss_version, faiss_threads = faiss.__version__, args.threads or faiss.omp_get_max_threads()
     except ImportError:
-        faiss_version = None
+        faiss_version = faiss_threads = None
     cuda = args.device.startswith("cuda")
     text = json.dumps({
         "benchmark": "retrieval", "device": torch.cuda.get_device_name(args.device) if cuda else cpu_name(),
         "device_type": "cuda" if cuda else "cpu",
         "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+        "faiss_threads": faiss_threads,
         "torch": torch.__version__, "faiss": faiss_version, "data": args.data,
         "chunk_size": args.chunk_size, "query_chunk": args.query_chunk, "runs": runs}, indent=1)
     print(text)
     if not args.no_save:
         slug = "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(args.device).lower()).strip("-") \
             if cuda else "cpu"
-        path = Path(args.out) / f"retrieval-{slug}.json"
+        path = Path(args.out) / f"retrieval-{args.data}-{slug}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
         print(f"wrote {path}", file=sys.stderr)

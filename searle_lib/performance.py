@@ -150,12 +150,19 @@ def oti_host_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 
 def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """phi training per run: the steps' own rates, the fast path's one-off encoding of the plain phrases, and the
+    estimated hours of the official 100 epochs (files from before ``plain_encode`` lack those columns)."""
     w = wide(bench)
     w = w[w.get("benchmark") == "phi"] if "benchmark" in w else w.iloc[:0]
     return _cols(w, {"model": "model", "device": "device", "batch": "batch", "precision": "precision",
-                     "without_gpt.steps_per_s": "steps/s without GPT loss",
-                     "with_gpt.steps_per_s": "steps/s with GPT loss",
-                     "with_gpt.official_epochs_hours": "hours for 100 epochs (with GPT loss)"})
+                     "steps_per_epoch": "steps run", "without_gpt.steps_per_s": "steps/s without GPT loss",
+                     "with_gpt.steps_per_s_without_plain_encode": "steps/s with GPT loss",
+                     "with_gpt.plain_encode.rows_per_s": "plain phrases encoded/s (once per run)",
+                     "with_gpt_reference.steps_per_s": "steps/s with GPT loss, reference path",
+                     "without_gpt.official_epochs_hours": "hours for 100 epochs without GPT loss",
+                     "with_gpt.official_epochs_hours": "hours for 100 epochs with GPT loss",
+                     "with_gpt_reference.official_epochs_hours": "hours for 100 epochs, reference path",
+                     "gpt_speedup": "GPT loss: fast / reference"})
 
 
 def features_table(bench: pd.DataFrame) -> pd.DataFrame:
@@ -166,23 +173,55 @@ def features_table(bench: pd.DataFrame) -> pd.DataFrame:
     return _cols(w, {"model": "model", "device": "device", "batch": "batch", "images": "images", **rates})
 
 
-def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
-    """Exact top-K (and FAISS) per gallery size; one row per (file, size)."""
+def _retrieval_runs(bench: pd.DataFrame) -> pd.DataFrame:
+    """One row per (retrieval file, gallery size), with the file's kind of random features (``data``)."""
     t = _sub_runs(bench, "retrieval", "runs")
     if t.empty:
         return t
-    keep = {"device": "device", "gallery": "gallery", "queries": "queries", "k": "k",
-            "exact_queries_per_s": "exact queries/s", "search_extra_peak_mb": "extra peak MiB",
-            "cuda_peak_mb": "CUDA peak MiB", "faiss.queries_per_s": "FAISS queries/s"}
-    keep.update({c: f"FAISS {c.split('.', 1)[1].replace('_', ' ')}" for c in t.columns
-                 if c.startswith("faiss.recall_at_")})
-    return _cols(t.sort_values(["file", "gallery"]), keep)
+    w = wide(bench).set_index("file")
+    t["data"] = t["file"].map(w["data"]).fillna("uniform") if "data" in w else "uniform"
+    return t
+
+
+def retrieval_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """Exact top-K per gallery size (and the FAISS index's size and build time); one row per (file, size)."""
+    t = _retrieval_runs(bench)
+    if t.empty:
+        return t
+    return _cols(t.sort_values(["file", "gallery"]), {
+        "device": "device", "data": "features", "gallery": "gallery", "queries": "queries", "k": "k",
+        "exact_queries_per_s": "exact queries/s", "search_extra_peak_mb": "extra peak MiB",
+        "cuda_peak_mb": "CUDA peak MiB", "faiss.kind": "FAISS index", "faiss.nlist": "FAISS cells",
+        "faiss.build_seconds": "FAISS build s"})
+
+
+def faiss_sweep_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """FAISS recall against the exact ranking and its queries/s, one row per (file, gallery size, nprobe): the
+    recall/speed curve of one index searched at several ``nprobe`` (``benchmarks/retrieval.py``)."""
+    t = _retrieval_runs(bench)
+    if t.empty:
+        return t
+    sweep = sorted({int(c.split(".")[2]) for c in t.columns if c.startswith("faiss.sweep.")})
+    rows = []
+    for _, r in t.sort_values(["file", "gallery"]).iterrows():
+        for i in sweep:
+            p = f"faiss.sweep.{i}."
+            recall = [c for c in t.columns if c.startswith(p + "recall_at_") and pd.notna(r[c])]
+            if not recall:
+                continue
+            k = recall[0][len(p + "recall_at_"):].split("_")[0]
+            rows.append({"device": r["device"], "features": r["data"], "gallery": int(r["gallery"]),
+                         "cells": r.get("faiss.nlist"), "nprobe": r.get(p + "nprobe"),
+                         "k": int(k), "queries/s": float(r[p + "queries_per_s"]),
+                         "recall vs exact": float(r[recall[0]]),
+                         "exact queries/s": float(r["exact_queries_per_s"])})
+    return pd.DataFrame(rows)
 
 
 def tables(bench: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"oti": oti_table(bench), "oti_exactness": oti_exactness_table(bench), "oti_steps": oti_steps_table(bench),
             "oti_host": oti_host_table(bench), "phi": phi_table(bench), "features": features_table(bench),
-            "retrieval": retrieval_table(bench)}
+            "retrieval": retrieval_table(bench), "faiss": faiss_sweep_table(bench)}
 
 
 def speedup_bars(oti: pd.DataFrame) -> pd.DataFrame:
@@ -202,3 +241,22 @@ def gpu_status(oti: pd.DataFrame) -> str:
     parts = [f"{r['model']} on {r['device']}: {float(r['fast images/s (350 steps)']):.1f} images/s, goal "
              f"{r['goal images/s (H100)']:.0f} ({'met' if r['goal met'] else 'not met'})" for _, r in gpu.iterrows()]
     return "GPU figures: " + "; ".join(parts) + "."
+
+
+GPU_SH_PARTS = ("oti", "phi", "features", "retrieval")  # what ``ONLY=...`` of benchmarks/gpu.sh selects
+
+
+def gpu_coverage(bench: pd.DataFrame) -> str:
+    """One sentence on which benchmarks have GPU figures and which only CPU ones, with the command that fills in
+    the missing ones."""
+    w = wide(bench)
+    if w.empty or "benchmark" not in w:
+        return "No benchmark files."
+    on_gpu = (_device_kind(w) == "cuda").groupby(w["benchmark"]).any()
+    missing = sorted(on_gpu.index[~on_gpu])
+    if not missing:
+        return "Every benchmark has GPU figures."
+    has = ", ".join(sorted(on_gpu.index[on_gpu])) or "no benchmark"
+    only = " ".join(m for m in missing if m in GPU_SH_PARTS)
+    how = f' (`ONLY="{only}" bash benchmarks/gpu.sh` measures them on one GPU)' if only else ""
+    return f"GPU figures exist for {has}; only CPU figures for {', '.join(missing)}{how}."

@@ -148,10 +148,11 @@ def bar_panels(data: pd.DataFrame, *, x: str, y: str, panel: str | None = None, 
 
 
 def line_curves(data: pd.DataFrame, *, x: str, y: str, hue: str, xlabel: str = "", ylabel: str = "",
-                title: str = "", logx: bool = False) -> Figure:
-    """One line per value of ``hue`` (e.g. a metric against the number of images phi sees)."""
+                title: str = "", logx: bool = False, legend_outside: bool = False) -> Figure:
+    """One line per value of ``hue`` (e.g. a metric against the number of images phi sees); the legend to the
+    right of the axes with ``legend_outside`` (for curves that fill the whole plot)."""
     use_style()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.6) if legend_outside else (5.5, 3.6))
     keys = list(dict.fromkeys(data[hue]))
     for key, color in zip(keys, method_colors(keys)):
         sub = data[data[hue] == key].sort_values(x)
@@ -160,7 +161,7 @@ def line_curves(data: pd.DataFrame, *, x: str, y: str, hue: str, xlabel: str = "
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, **({"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if legend_outside else {}))
     if title:
         ax.set_title(title)
     fig.tight_layout()

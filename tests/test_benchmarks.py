@@ -1,4 +1,5 @@
 """The benchmark scripts run and write the JSON the performance chapter reads (no timings are checked here)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ def test_gpu_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
 
 
-@pytest.mark.slow  # four scripts in subprocesses, ~40 s on 2 busy cores
+@pytest.mark.slow  # five scripts in subprocesses, ~45 s on 2 busy cores
 def test_scripts_write_json_named_by_device(tmp_path):
     from searle_lib.provenance import collect_benchmarks
     oti = _run("oti.py", tmp_path, "--model", "test-micro-vit", "--steps", "3", "--ref-images", "3",
@@ -37,6 +38,8 @@ def test_scripts_write_json_named_by_device(tmp_path):
     phi = _run("phi.py", tmp_path, "--model", "test-micro-vit", "--steps", "2", "--batch", "8",
                "--concepts", "20", "--phrases", "8")
     assert phi["with_gpt"]["steps"] == 2 and phi["without_gpt"]["lambda_gpt"] == 0
+    enc = phi["with_gpt"]["plain_encode"]  # whole lists of 8 phrases, one per concept drawn
+    assert enc["rows"] % 8 == 0 and 8 <= enc["rows"] <= 16 * 8 and "plain_encode" not in phi["with_gpt_reference"]
     feats = _run("features.py", tmp_path, "--model", "test-micro-vit", "--images", "6", "--batch", "4",
                  "--workers", "0", "1")
     assert feats["workers_1"]["same_features_as_first"]
@@ -45,9 +48,16 @@ def test_scripts_write_json_named_by_device(tmp_path):
     parts = host["parts_inclusive"]
     assert parts["per-batch set-up"]["calls"] == 2 and parts["plans"]["calls"] == 5  # 2 batches, 5 images
     assert 0 < host["host_seconds"] <= host["seconds"]
+    if importlib.util.find_spec("faiss"):
+        ret = _run("retrieval.py", tmp_path, "--sizes", "2000", "--queries", "40", "--dim", "32", "--data",
+                   "clustered", "--clusters", "20", "--nprobe", "1", "4", "1000")
+        sweep = ret["runs"][0]["faiss"]["sweep"]  # 44 cells: nprobe 1000 visits them all, an exhaustive search
+        assert [s["nprobe"] for s in sweep] == [1, 4, 44] and sweep[-1]["recall_at_50_vs_exact"] == 1.0
+        assert sweep[0]["recall_at_50_vs_exact"] < 1.0 and ret["data"] == "clustered"
     names = sorted(p.name for p in tmp_path.glob("*.json"))
     assert names == ["features-test-micro-vit-cpu.json", "oti-host-test-micro-vit-cpu.json",
-                     "oti-test-micro-vit-cpu.json", "phi-test-micro-vit-cpu.json"]
+                     "oti-test-micro-vit-cpu.json", "phi-test-micro-vit-cpu.json"] + \
+        (["retrieval-clustered-cpu.json"] if importlib.util.find_spec("faiss") else [])
     table = collect_benchmarks(tmp_path)
     assert set(table["file"]) == set(names) and (table["device"] != "").all()
     assert table["key"].str.endswith("per_s").sum() >= 8
