@@ -16,12 +16,12 @@ run() { echo "=== $*" >&2; "$@" --threads 1 --out "$OUT_DIR" > /dev/null || fail
 run "$PY" benchmarks/oti.py --model test-tiny-vit --steps 20 --ref-images 32 --fast-images 256 --fast-batch 256 \
   --rounds 3 --ablation --noise-images 32 --compile 1
 run "$PY" benchmarks/oti.py --model ViT-B-32 --steps 5 --ref-images 32 --fast-images 128 --fast-batch 128 \
-  --rounds 2 --ablation --noise-images 16
+  --rounds 2 --ablation --noise-images 16 --phrases 32  # 32 phrases per concept: the one-off encoding in minutes
 run "$PY" benchmarks/oti_profile.py --model ViT-B-32 --batches 128 --steps 3 --plan-steps 10 --profile-steps 2 --unpacked
 run "$PY" benchmarks/oti_profile.py --model ViT-L-14 --batches 64 --steps 3 --plan-steps 5 --profile-steps 2 --unpacked
 run "$PY" benchmarks/oti_host.py --model ViT-B-32 --images 2048 --batch 1024 --workers 2
 run "$PY" benchmarks/phi.py --model test-tiny-vit --steps 20
-run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5 --phrases 32  # 32 phrases per concept: the one-off encoding in minutes
+run "$PY" benchmarks/phi.py --model ViT-B-32 --steps 5 --phrases 32
 run "$PY" benchmarks/features.py --model test-tiny-vit --images 256
 run "$PY" benchmarks/features.py --model ViT-B-32 --images 64
 run "$PY" benchmarks/retrieval.py

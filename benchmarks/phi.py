@@ -21,17 +21,13 @@ estimate adds it once, for every concept (``--official-concepts``, an upper boun
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
-from unittest import mock
 
 import torch
 
-from _common import Timer, add_out_args, base_record, emit, peak_rss_mib, sync
+from _common import Timer, add_out_args, base_record, emit, peak_rss_mib, plain_encoding
 from oti import synthetic_inputs
 
-from searle_lib._oti_fast import FastTextTower
 from searle_lib.backbones import create_backbone
 from searle_lib.config import ModelConfig, PhiConfig
 from searle_lib.phi import train_phi
@@ -39,25 +35,6 @@ from searle_lib.phi import train_phi
 
 OFFICIAL_STEPS = 100 * 390  # 100 epochs x 390 steps (100k ImageNet images, batch 256)
 OFFICIAL_PHRASES = 256  # GPT phrases per concept (num_return_sequences, reference section 4)
-
-
-@contextlib.contextmanager
-def plain_encoding(device: str):
-    """Seconds and rows of the plain phrases the fast path encodes (``FastTextTower.encode_all``, which only
-    ``FeatureCache`` calls during training), synchronised on CUDA."""
-    seen = {"rows": 0, "seconds": 0.0}
-    original = FastTextTower.encode_all
-
-    def encode_all(self, table, batch_size=1024):
-        sync(device)
-        t = time.perf_counter()
-        out = original(self, table, batch_size)
-        sync(device)
-        seen["seconds"] += time.perf_counter() - t
-        seen["rows"] += len(table)
-        return out
-    with mock.patch.object(FastTextTower, "encode_all", encode_all):
-        yield seen
 
 
 def main() -> None:

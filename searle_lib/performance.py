@@ -155,7 +155,8 @@ def phi_table(bench: pd.DataFrame) -> pd.DataFrame:
     w = wide(bench)
     w = w[w.get("benchmark") == "phi"] if "benchmark" in w else w.iloc[:0]
     return _cols(w, {"model": "model", "device": "device", "batch": "batch", "precision": "precision",
-                     "steps_per_epoch": "steps run", "without_gpt.steps_per_s": "steps/s without GPT loss",
+                     "steps_per_epoch": "steps run", "phrases_per_concept": "phrases per concept",
+                     "without_gpt.steps_per_s": "steps/s without GPT loss",
                      "with_gpt.steps_per_s_without_plain_encode": "steps/s with GPT loss",
                      "with_gpt.plain_encode.rows_per_s": "plain phrases encoded/s (once per run)",
                      "with_gpt_reference.steps_per_s": "steps/s with GPT loss, reference path",

@@ -34,6 +34,7 @@ def test_scripts_write_json_named_by_device(tmp_path):
     assert set(oti["speedup"]) == {"fast", "fast_without_prefix_split", "fast_without_packing"}
     assert oti["exactness"]["images_compared"] == 3 and oti["exactness"]["max_abs_token_diff"] < 1e-5
     assert oti["device"]["type"] == "cpu" and oti["device"]["name"]
+    assert oti["fast"]["plain_encode"]["rows"] % 8 == 0 and "plain_encode" not in oti["reference"]  # whole lists
     assert oti["noise_floor"]["reference_vs_nudged_reference"]["images_compared"] == 2
     phi = _run("phi.py", tmp_path, "--model", "test-micro-vit", "--steps", "2", "--batch", "8",
                "--concepts", "20", "--phrases", "8")
