@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 50 minutes on a busy
+# The CPU figures of the performance chapter, as committed under results/benchmarks/ (about 65 minutes on a busy
 # 2-core machine). One torch thread: on a machine whose cores are shared with other work, two OpenMP threads
 # that wait for each other made small kernels several times slower than one thread in our tests.
 # The runs are scaled down from the official 350 OTI steps (rates are per image-step and converted back).
