@@ -63,6 +63,9 @@
 # host tables): a single-batch run has nothing to hide its one-off tokenizing behind. Two earlier sessions
 # (notes `2026-11-27-h100-notes.md`) measured older code at 13.5 / 7.7 images/s and found why: every tokenizer
 # process imported torch on its own, and the BPE tokenizer was slow; both were fixed before this session.
+# The GPU rows predate the plain-phrase features kept for the whole run (before, every batch encoded its drawn
+# plain phrases again: 8.1 s of a ViT-L/14 batch of 2,048 on the H100); a GPU run of several batches with that
+# change has not been measured yet (`FAST_L14=8192 ONLY=oti bash benchmarks/gpu.sh`).
 #
 # The CPU figures come from a shared 2-core machine whose other processes kept its load average near 4 (the load
 # is recorded in each file): absolute rates are noisy, and only ratios within one run mean much. The CPU runs
