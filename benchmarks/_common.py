@@ -22,7 +22,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from searle_lib._oti_fast import FastTextTower  # noqa: E402
 from searle_lib.provenance import cpu_name, git_state  # noqa: E402
 
 DEFAULT_OUT = REPO / "results" / "benchmarks"
@@ -66,6 +65,7 @@ def plain_encoding(device: str):
     """Seconds and rows of the plain phrases the fast paths of OTI and phi encode (``FastTextTower.encode_all``,
     which only ``FeatureCache`` calls there): once per run, with each concept's whole list, so not in proportion
     to the steps. Synchronised on CUDA."""
+    from searle_lib._oti_fast import FastTextTower
     seen = {"rows": 0, "seconds": 0.0}
     original = FastTextTower.encode_all
 

@@ -126,7 +126,7 @@ def main() -> None:
         keys, _ = _phrase_rows(plans)
     phases["phrase_rows_s"] = t.seconds
     lists = _phrase_lists(plans)  # plain phrases are encoded with their concept's whole list
-    texts = [replace_concept(p, c) for p, c in keys] + [p for ps in lists.values() for p in ps]
+    texts = [replace_concept(p, c) for p, c in keys] + ctx.plain.unencoded(lists)
     with Timer(args.device) as t:
         ctx.tokens.ensure(texts)
     phases.update(tokenize_s=t.seconds, strings_tokenized=len(texts), tokenizer_workers=workers)

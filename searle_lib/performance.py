@@ -206,15 +206,13 @@ def faiss_sweep_table(bench: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in t.sort_values(["file", "gallery"]).iterrows():
         for i in sweep:
-            p = f"faiss.sweep.{i}."
-            recall = [c for c in t.columns if c.startswith(p + "recall_at_") and pd.notna(r[c])]
-            if not recall:
+            p, k = f"faiss.sweep.{i}.", int(r["k"])
+            if pd.isna(r.get(f"{p}recall_at_{k}_vs_exact")):  # a shorter sweep, or no index for this size
                 continue
-            k = recall[0][len(p + "recall_at_"):].split("_")[0]
             rows.append({"device": r["device"], "features": r["data"], "gallery": int(r["gallery"]),
                          "cells": r.get("faiss.nlist"), "nprobe": r.get(p + "nprobe"),
-                         "k": int(k), "queries/s": float(r[p + "queries_per_s"]),
-                         "recall vs exact": float(r[recall[0]]),
+                         "k": k, "queries/s": float(r[p + "queries_per_s"]),
+                         "recall vs exact": float(r[f"{p}recall_at_{k}_vs_exact"]),
                          "exact queries/s": float(r["exact_queries_per_s"])})
     return pd.DataFrame(rows)
 

@@ -29,10 +29,10 @@ def test_tables_and_gpu_goal(tmp_path):
                                                     "workers_2": {"images_per_s": 15.0}})
     _write(tmp_path, "retrieval-clustered-cpu.json", {
         "benchmark": "retrieval", "device": "AMD EPYC", "device_type": "cpu", "data": "clustered", "runs": [
-            {"gallery": 10000, "exact_queries_per_s": 800.0, "faiss": {"kind": "ivf", "nlist": 100, "sweep": [
+            {"gallery": 10000, "k": 50, "exact_queries_per_s": 800.0, "faiss": {"kind": "ivf", "nlist": 100, "sweep": [
                 {"nprobe": 1, "queries_per_s": 9000.0, "recall_at_50_vs_exact": 0.4},
                 {"nprobe": 100, "queries_per_s": 700.0, "recall_at_50_vs_exact": 1.0}]}},
-            {"gallery": 123403, "exact_queries_per_s": 80.0, "faiss": "not installed (exact search only)"}]})
+            {"gallery": 123403, "k": 50, "exact_queries_per_s": 80.0, "faiss": "not installed (exact search only)"}]})
     _write(tmp_path, "oti-profile-ViT-B-32-cpu.json", {
         "benchmark": "oti_profile", "device": {"name": "AMD EPYC"}, "model": "ViT-B-32",
         "eager": {"128": {"batch": 128, "packed": True, "ms_per_step": 50.0},
