@@ -5,6 +5,7 @@
 #   QUICK=1 bash benchmarks/gpu.sh         # a 1-minute smoke run of the same steps (files go to $OUT_DIR)
 #   ONLY=oti bash benchmarks/gpu.sh        # only the OTI runs (the issue's goal), for a short device session
 #   DEADLINE=480 ONLY=oti bash benchmarks/gpu.sh   # the same, every step cut to what is left of 480 s
+#   FAST_L14=8192 ONLY=oti bash benchmarks/gpu.sh  # ViT-L/14's fast run over 4 batches (FAST_B32 likewise)
 #   DEVICE=cpu QUICK=1 OUT_DIR=/tmp/b EXTRA="--threads 1" bash benchmarks/gpu.sh   # the same on a CPU, to check it
 #
 # ViT-B/32 and ViT-L/14 with random weights (they cost what trained weights cost), in order of importance:
