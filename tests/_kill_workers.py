@@ -13,8 +13,10 @@ Every attempt appends ``<attempt> <stage> <unit> <time>`` to the spec's log when
 batch, an image of a feature chunk, an image of an OTI chunk, a phi epoch. The test counts units begun in a killed
 attempt that a later attempt began again: the work each kill cost.
 
-Two hooks add a delay: one per phrase batch (standing in for the language model) and one per image read (standing
-in for a slow disk), so that kills can land inside those stages too; they change no result.
+Three hooks add a delay: one per phrase batch (standing in for the language model), one per image read (standing
+in for a slow disk) and one per phi epoch (standing in for 100k images; since the plain-phrase features are kept
+for the whole run, a tiny run's later epochs take milliseconds and could all end between the kill point and the
+kill), so that kills can land inside those stages too; they change no result.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ def _install_hooks(spec: dict, attempt: str, index: dict[str, int]) -> None:
         desc = k.get("desc") or ""
         if desc.startswith("phi epoch"):
             _log(log, attempt, "phi", desc.split()[-1])
+            time.sleep(spec["phi_delay"])
         return tqdm(*a, **k)
     phi.tqdm = logged_tqdm
 

@@ -155,7 +155,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     log = tmp_path / "events.log"
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"overrides": overrides, "log": str(log), "phrase_delay": 0.08,
-                                "image_delay": 0.02, "feature_chunk": 8, "oti_chunk": 8}))
+                                "image_delay": 0.02, "phi_delay": 0.15, "feature_chunk": 8, "oti_chunk": 8}))
     rng = random.Random(7)
     zyg = _Zygote(spec)
     try:
